@@ -1,0 +1,1 @@
+//! Image-level operations behind `kiln image`: convert, info, check.

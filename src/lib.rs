@@ -1,0 +1,9 @@
+//! kiln: build, customize and deploy the golden disk images of a bare-metal cloud.
+//!
+//! The binary (`src/main.rs`) is a thin clap front end; everything it does is a
+//! library call so tests and benches can use the same code.
+
+pub mod cli;
+pub mod format;
+pub mod image;
+pub mod util;

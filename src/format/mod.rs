@@ -9,7 +9,7 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-pub use source::{BlockSource, Extent, ExtentKind, ReadAt};
+pub use source::{BlockSource, Extent, ExtentKind, MemDisk, ReadAt};
 
 /// The on-disk container of a virtual disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -163,6 +163,28 @@ impl io::Seek for SourceReader<'_> {
     }
 }
 
+
+/// A raw disk held in memory: for tests, fuzzing and small generated images.
+pub struct MemDisk(pub Vec<u8>);
+
+impl BlockSource for MemDisk {
+    fn virtual_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        ReadAt::read_exact_at(&self.0, buf, offset)
+    }
+
+    fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
+        let len = max_len.min(self.virtual_size().saturating_sub(offset)).max(1);
+        Ok(Extent {
+            kind: ExtentKind::Data,
+            len,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,12 @@ pub trait BlockSource: Send + Sync {
     /// Describe the guest bytes starting at `offset`: their kind and how many bytes
     /// (at least one, at most `max_len`) share it.
     fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent>;
+
+    /// The natural unit of reads (the cluster size of a qcow2 image): reading less
+    /// than this at a time can cost a whole unit of work per read.
+    fn io_granularity(&self) -> u64 {
+        4096
+    }
 }
 
 /// Positional reads on a host file or an in-memory buffer (for fuzzing and tests).

@@ -1,7 +1,84 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
+mod image;
+
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build, customize and deploy the golden disk images of a bare-metal cloud"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Disk images: convert, info, check
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+}
+
+/// Entry point of the binary: parse, run, turn errors into a message and exit code.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    crate::util::interrupt::install();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Image(cmd) => image::run(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parse a size with an optional binary suffix, as qemu-img accepts: 65536, 64K, 2M, 1G.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'b' => 0,
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix {c:?} in {s:?} (use K, M, G or T)"
+                    ));
+                }
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64K, 2M)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_with_suffixes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2m"), Ok(2 << 20));
+        assert!(parse_size("2X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -92,18 +92,22 @@ pub fn open_image(
         })?,
     };
     let source: Box<dyn BlockSource> = match format {
-        ImageFormat::Raw => Box::new(raw::RawImage::new(file).map_err(|source| {
-            FormatError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?),
-        ImageFormat::Qcow2 => Box::new(qcow2::Qcow2Image::open_path(path, file).map_err(
-            |source| FormatError::Qcow2 {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?),
+        ImageFormat::Raw => {
+            Box::new(
+                raw::RawImage::new(file).map_err(|source| FormatError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            )
+        }
+        ImageFormat::Qcow2 => {
+            Box::new(qcow2::Qcow2Image::open_path(path, file).map_err(|source| {
+                FormatError::Qcow2 {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?)
+        }
     };
     Ok((format, source))
 }

@@ -20,7 +20,7 @@ pub struct Extent {
 }
 
 /// A readable virtual disk. Reads take `&self` so several threads can read at once.
-pub trait BlockSource: Send + Sync {
+pub trait BlockSource: Send + Sync + std::any::Any {
     /// Size of the guest disk in bytes.
     fn virtual_size(&self) -> u64;
 
@@ -169,7 +169,6 @@ impl io::Seek for SourceReader<'_> {
     }
 }
 
-
 /// A raw disk held in memory: for tests, fuzzing and small generated images.
 pub struct MemDisk(pub Vec<u8>);
 
@@ -183,7 +182,9 @@ impl BlockSource for MemDisk {
     }
 
     fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
-        let len = max_len.min(self.virtual_size().saturating_sub(offset)).max(1);
+        let len = max_len
+            .min(self.virtual_size().saturating_sub(offset))
+            .max(1);
         Ok(Extent {
             kind: ExtentKind::Data,
             len,

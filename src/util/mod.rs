@@ -1,1 +1,5 @@
 //! Small helpers shared by every capability.
+
+pub mod atomic_file;
+pub mod interrupt;
+pub mod progress;

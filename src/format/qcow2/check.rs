@@ -68,7 +68,10 @@ enum Use {
 impl Use {
     /// Structures that several tables may legitimately share (through snapshots).
     fn shareable(self) -> bool {
-        matches!(self, Use::L2 | Use::Data | Use::Compressed | Use::BitmapData)
+        matches!(
+            self,
+            Use::L2 | Use::Data | Use::Compressed | Use::BitmapData
+        )
     }
 }
 
@@ -156,7 +159,7 @@ impl Checker<'_> {
             if off == 0 {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 self.report.corruption(format!(
                     "refcount block {i} offset {off:#x} is not cluster aligned"
                 ));
@@ -220,7 +223,7 @@ impl Checker<'_> {
         if bytes == 0 {
             return Ok(Some(Vec::new()));
         }
-        if offset % self.cs() != 0 || offset == 0 {
+        if !offset.is_multiple_of(self.cs()) || offset == 0 {
             self.report.corruption(format!(
                 "{name} offset {offset:#x} is not a valid cluster offset"
             ));
@@ -268,8 +271,9 @@ impl Checker<'_> {
                 self.report.compressed_clusters += 1;
             }
             if bitmap != 0 {
-                self.report
-                    .corruption(format!("{name}: compressed cluster with a subcluster bitmap"));
+                self.report.corruption(format!(
+                    "{name}: compressed cluster with a subcluster bitmap"
+                ));
             }
             if off >= self.file_len {
                 self.report.corruption(format!(
@@ -291,8 +295,9 @@ impl Checker<'_> {
                 ));
             }
             if host == 0 && alloc != 0 {
-                self.report
-                    .corruption(format!("{name}: allocated subclusters without a host cluster"));
+                self.report.corruption(format!(
+                    "{name}: allocated subclusters without a host cluster"
+                ));
             }
         }
         if host == 0 {
@@ -301,9 +306,10 @@ impl Checker<'_> {
         if active {
             self.report.allocated_clusters += 1;
         }
-        if host % cs != 0 {
-            self.report
-                .corruption(format!("{name}: data offset {host:#x} is not cluster aligned"));
+        if !host.is_multiple_of(cs) {
+            self.report.corruption(format!(
+                "{name}: data offset {host:#x} is not cluster aligned"
+            ));
             return;
         }
         self.reference(host, cs, Use::Data, &name);
@@ -428,12 +434,16 @@ impl Checker<'_> {
     }
 
     /// The COPIED flag must be set exactly when the refcount is one.
-    fn check_copied_flags(&mut self, l1: &[u64], stored: &StoredRefcounts) -> Result<(), Qcow2Error> {
+    fn check_copied_flags(
+        &mut self,
+        l1: &[u64],
+        stored: &StoredRefcounts,
+    ) -> Result<(), Qcow2Error> {
         let cs = self.cs();
         let words = self.geo.entry_words();
         for (i, &e) in l1.iter().enumerate() {
             let l2_off = e & OFFSET_MASK;
-            if l2_off == 0 || l2_off % cs != 0 || l2_off + cs > self.file_len {
+            if l2_off == 0 || !l2_off.is_multiple_of(cs) || l2_off + cs > self.file_len {
                 continue;
             }
             let rc = stored.get(self, l2_off / cs)?;
@@ -447,7 +457,10 @@ impl Checker<'_> {
             for (j, entry) in be64s(&raw).chunks_exact(words).enumerate() {
                 let e2 = entry[0];
                 let host = e2 & OFFSET_MASK;
-                if e2 & OFLAG_COMPRESSED != 0 || host == 0 || host % cs != 0 || host >= self.file_len
+                if e2 & OFLAG_COMPRESSED != 0
+                    || host == 0
+                    || !host.is_multiple_of(cs)
+                    || host >= self.file_len
                 {
                     continue;
                 }
@@ -477,7 +490,7 @@ impl StoredRefcounts {
             .map(|e| {
                 let off = e & REFTABLE_OFFSET_MASK;
                 // Unusable blocks were reported already; read them as empty.
-                if off % cs != 0 || off + cs > c.file_len {
+                if !off.is_multiple_of(cs) || off + cs > c.file_len {
                     0
                 } else {
                     off
@@ -493,17 +506,14 @@ impl StoredRefcounts {
     fn get(&self, c: &Checker<'_>, cluster: u64) -> Result<u64, Qcow2Error> {
         let cs = c.cs();
         let order = c.header.refcount_order;
-        let per_block = cs * 8 >> order;
+        let per_block = (cs * 8) >> order;
         let Some(&off) = self.blocks.get((cluster / per_block) as usize) else {
             return Ok(0);
         };
         if off == 0 {
             return Ok(0);
         }
-        let block = match self.cache.borrow().get(&off) {
-            Some(b) => Some(b.clone()),
-            None => None,
-        };
+        let block = self.cache.borrow().get(&off).cloned();
         let block = match block {
             Some(b) => b,
             None => {
@@ -544,7 +554,17 @@ mod tests {
 
     #[test]
     fn refcount_entries_of_every_width() {
-        let block = [0b1011_0010u8, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+        let block = [
+            0b1011_0010u8,
+            0x12,
+            0x34,
+            0x56,
+            0x78,
+            0x9a,
+            0xbc,
+            0xde,
+            0xf0,
+        ];
         assert_eq!(refcount_entry(&block, 0, 1), 1);
         assert_eq!(refcount_entry(&block, 0, 2), 0);
         assert_eq!(refcount_entry(&block, 1, 0), 0b10);

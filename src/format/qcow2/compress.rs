@@ -120,11 +120,9 @@ fn zstd_stream_into(
     let mut dst = OutBuffer::around(out);
     loop {
         let before = (src.pos(), dst.pos());
-        let hint = dctx
-            .decompress_stream(&mut dst, &mut src)
-            .map_err(|c| {
-                CompressError::Corrupt("zstd", zstd::zstd_safe::get_error_name(c).to_string())
-            })?;
+        let hint = dctx.decompress_stream(&mut dst, &mut src).map_err(|c| {
+            CompressError::Corrupt("zstd", zstd::zstd_safe::get_error_name(c).to_string())
+        })?;
         if dst.pos() == want {
             return Ok(());
         }

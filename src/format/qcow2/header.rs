@@ -163,7 +163,7 @@ impl Header {
             h.autoclear = be64(&fixed, 88);
             h.refcount_order = be32(&fixed, 96);
             h.header_length = be32(&fixed, 100);
-            if h.header_length < V3_HEADER_LEN || h.header_length % 8 != 0 {
+            if h.header_length < V3_HEADER_LEN || !h.header_length.is_multiple_of(8) {
                 return Err(corrupt(format!(
                     "header_length {} (must be a multiple of 8, at least {V3_HEADER_LEN})",
                     h.header_length
@@ -236,13 +236,13 @@ impl Header {
                 self.refcount_table_clusters
             )));
         }
-        if self.refcount_table_offset % cs != 0 {
+        if !self.refcount_table_offset.is_multiple_of(cs) {
             return Err(corrupt(format!(
                 "refcount table offset {:#x} is not cluster aligned",
                 self.refcount_table_offset
             )));
         }
-        if self.nb_snapshots > 0 && self.snapshots_offset % cs != 0 {
+        if self.nb_snapshots > 0 && !self.snapshots_offset.is_multiple_of(cs) {
             return Err(corrupt(format!(
                 "snapshot table offset {:#x} is not cluster aligned",
                 self.snapshots_offset
@@ -341,10 +341,12 @@ impl Header {
         if unknown != 0 {
             let bits: Vec<String> = (0..64)
                 .filter(|b| unknown & (1 << b) != 0)
-                .map(|b| match names.iter().find(|(t, bit, _)| *t == 0 && *bit == b) {
-                    Some((_, _, name)) => format!("bit {b} ({name})"),
-                    None => format!("bit {b}"),
-                })
+                .map(
+                    |b| match names.iter().find(|(t, bit, _)| *t == 0 && *bit == b) {
+                        Some((_, _, name)) => format!("bit {b} ({name})"),
+                        None => format!("bit {b}"),
+                    },
+                )
                 .collect();
             return Err(Qcow2Error::Unsupported(format!(
                 "unknown incompatible feature {}",
@@ -376,9 +378,8 @@ impl Header {
         }
         let mut name = vec![0u8; len as usize];
         file.read_exact_at(&mut name, offset)?;
-        self.backing_file = Some(
-            String::from_utf8(name).map_err(|_| corrupt("backing file name is not UTF-8"))?,
-        );
+        self.backing_file =
+            Some(String::from_utf8(name).map_err(|_| corrupt("backing file name is not UTF-8"))?);
         Ok(())
     }
 
@@ -422,7 +423,7 @@ pub fn check_table(
     cluster_size: u64,
     file_len: u64,
 ) -> Result<(), Qcow2Error> {
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(corrupt(format!(
             "{what} offset {offset:#x} is not cluster aligned"
         )));

@@ -93,7 +93,7 @@ pub fn decode(
         return Ok((Mapping::Compressed { offset, len }, rest));
     }
     let host = entry & OFFSET_MASK;
-    if host != 0 && host % cs != 0 {
+    if host != 0 && !host.is_multiple_of(cs) {
         return Err(Qcow2Error::Corrupt(format!(
             "L2 entry {entry:#018x}: data cluster offset {host:#x} is not cluster aligned"
         )));
@@ -174,7 +174,10 @@ mod tests {
             decode(&g, host, bitmap, 0).unwrap(),
             (Mapping::Data(host), 2 * sc)
         );
-        assert_eq!(decode(&g, host, bitmap, 2 * sc).unwrap(), (Mapping::Zero, sc));
+        assert_eq!(
+            decode(&g, host, bitmap, 2 * sc).unwrap(),
+            (Mapping::Zero, sc)
+        );
         assert_eq!(
             decode(&g, host, bitmap, 3 * sc + 5).unwrap(),
             (Mapping::Unallocated, 29 * sc - 5)
@@ -188,6 +191,9 @@ mod tests {
         let mut g = geo(16, false);
         assert_eq!(decode(&g, OFLAG_ZERO, 0, 0).unwrap().0, Mapping::Zero);
         g.version = 2;
-        assert_eq!(decode(&g, OFLAG_ZERO, 0, 0).unwrap().0, Mapping::Unallocated);
+        assert_eq!(
+            decode(&g, OFLAG_ZERO, 0, 0).unwrap().0,
+            Mapping::Unallocated
+        );
     }
 }

@@ -6,10 +6,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::Qcow2Error;
 use super::compress::decompress_cluster;
 use super::header::{Header, check_table};
 use super::l2::{self, Geometry, Mapping};
-use super::Qcow2Error;
 use crate::format::source::{BlockSource, Extent, ExtentKind, ReadAt};
 use crate::format::{ImageFormat, raw::RawImage};
 
@@ -65,7 +65,12 @@ impl Qcow2Image {
         let header = Header::read(file.as_ref())?;
         let backing = match &header.backing_file {
             None => None,
-            Some(name) => Some(open_backing(path, name, header.backing_format.as_deref(), depth)?),
+            Some(name) => Some(open_backing(
+                path,
+                name,
+                header.backing_format.as_deref(),
+                depth,
+            )?),
         };
         Self::with_header(file, header, backing)
     }
@@ -110,9 +115,36 @@ impl Qcow2Image {
         self.file_len
     }
 
+    /// Count guest clusters that have host storage, and how many are compressed.
+    pub fn allocation_counts(&self) -> Result<(u64, u64), Qcow2Error> {
+        let (mut allocated, mut compressed) = (0, 0);
+        let words = self.geo.entry_words();
+        for &l1_entry in &self.l1 {
+            let l2_offset = l1_entry & l2::OFFSET_MASK;
+            if l2_offset == 0 {
+                continue;
+            }
+            let table = self.l2_table(l2_offset)?;
+            for entry in table.chunks_exact(words) {
+                if entry[0] & l2::OFLAG_COMPRESSED != 0 {
+                    compressed += 1;
+                    allocated += 1;
+                } else if entry[0] & l2::OFFSET_MASK != 0 {
+                    allocated += 1;
+                }
+            }
+        }
+        Ok((allocated, compressed))
+    }
+
     /// The L2 table at `offset`, from cache or disk.
     fn l2_table(&self, offset: u64) -> Result<Arc<[u64]>, Qcow2Error> {
-        if let Some(t) = self.l2_cache.lock().ok().and_then(|c| c.get(&offset).cloned()) {
+        if let Some(t) = self
+            .l2_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&offset).cloned())
+        {
             return Ok(t);
         }
         let cs = self.geo.cluster_size();
@@ -240,7 +272,8 @@ impl BlockSource for Qcow2Image {
                 }
                 Mapping::Compressed { offset: host, len } => {
                     let skip = pos % self.geo.cluster_size();
-                    self.read_compressed(host, len, skip, piece).map_err(to_io)?;
+                    self.read_compressed(host, len, skip, piece)
+                        .map_err(to_io)?;
                 }
             }
             done += n;

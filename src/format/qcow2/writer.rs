@@ -324,9 +324,9 @@ mod tests {
         let mut packed = Vec::new();
         for (i, data) in clusters {
             match opts.compression {
-                Some(kind) if compress_cluster(kind, data, &mut packed).unwrap() => {
-                    w.write_cluster(*i, ClusterData::Compressed(&packed)).unwrap()
-                }
+                Some(kind) if compress_cluster(kind, data, &mut packed).unwrap() => w
+                    .write_cluster(*i, ClusterData::Compressed(&packed))
+                    .unwrap(),
                 _ => w.write_cluster(*i, ClusterData::Raw(data)).unwrap(),
             }
         }
@@ -340,7 +340,11 @@ mod tests {
             .iter()
             .map(|&i| (i, (0..cs).map(|b| ((b + i) % 13) as u8).collect()))
             .collect();
-        for compression in [None, Some(CompressionType::Zlib), Some(CompressionType::Zstd)] {
+        for compression in [
+            None,
+            Some(CompressionType::Zlib),
+            Some(CompressionType::Zstd),
+        ] {
             let opts = WriterOptions {
                 cluster_bits: 12,
                 compression,

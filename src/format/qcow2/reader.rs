@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::Qcow2Error;
-use super::compress::decompress_cluster;
+use super::compress::{CompressError, decompress_cluster};
 use super::header::{Header, check_table};
 use super::l2::{self, Geometry, Mapping};
 use crate::format::source::{BlockSource, Extent, ExtentKind, ReadAt};
@@ -15,6 +15,11 @@ use crate::format::{ImageFormat, raw::RawImage};
 
 /// Bytes of L2 tables kept in memory before the cache is dropped and refilled.
 const L2_CACHE_BYTES: u64 = 32 << 20;
+thread_local! {
+    /// Compressed bytes of the cluster being read, reused across reads.
+    static PACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Longest backing chain we follow; deeper is almost surely a loop.
 const MAX_CHAIN_DEPTH: usize = 32;
 
@@ -189,6 +194,7 @@ impl Qcow2Image {
     }
 
     /// Fill `buf` from a compressed cluster, `skip` bytes into its guest data.
+    /// A whole-cluster read decompresses straight into `buf`.
     fn read_compressed(
         &self,
         host: u64,
@@ -201,15 +207,22 @@ impl Qcow2Image {
                 "compressed cluster at host offset {host:#x} starts past the end of the file"
             )));
         }
-        let mut packed = vec![0u8; len as usize];
-        self.file.read_zero_padded(&mut packed, host)?;
-        let mut cluster = vec![0u8; self.geo.cluster_size() as usize];
-        decompress_cluster(self.header.compression, &packed, &mut cluster).map_err(|e| {
-            Qcow2Error::Corrupt(format!("compressed cluster at host offset {host:#x}: {e}"))
-        })?;
-        let skip = skip as usize;
-        buf.copy_from_slice(&cluster[skip..skip + buf.len()]);
-        Ok(())
+        let cs = self.geo.cluster_size() as usize;
+        PACKED.with_borrow_mut(|packed| -> Result<(), Qcow2Error> {
+            packed.resize(len as usize, 0);
+            self.file.read_zero_padded(packed, host)?;
+            let corrupt = |e: CompressError| {
+                Qcow2Error::Corrupt(format!("compressed cluster at host offset {host:#x}: {e}"))
+            };
+            if skip == 0 && buf.len() == cs {
+                return decompress_cluster(self.header.compression, packed, buf).map_err(corrupt);
+            }
+            let mut cluster = vec![0u8; cs];
+            decompress_cluster(self.header.compression, packed, &mut cluster).map_err(corrupt)?;
+            let skip = skip as usize;
+            buf.copy_from_slice(&cluster[skip..skip + buf.len()]);
+            Ok(())
+        })
     }
 
     fn read_backing(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

@@ -1,0 +1,3 @@
+//! Integration tests of disk image formats against the reference tools.
+
+mod gpt;

@@ -3,6 +3,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use crate::format::gpt::{GptTable, read_gpt};
 use crate::format::qcow2::{CompressionType, Qcow2Image};
 use crate::format::{FormatError, ImageFormat, open_image};
 
@@ -19,6 +20,12 @@ pub struct ImageInfo {
     pub qcow2: Option<Qcow2Details>,
     /// Every image below this one, nearest first.
     pub backing_chain: Vec<ChainEntry>,
+    /// The GPT on the guest disk, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<GptTable>,
+    /// Why a GPT-looking table could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -68,7 +75,13 @@ pub fn image_info(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo,
         compression: None,
         qcow2: None,
         backing_chain: Vec::new(),
+        partitions: None,
+        partition_error: None,
     };
+    match read_gpt(image.as_ref()) {
+        Ok(table) => info.partitions = table,
+        Err(e) => info.partition_error = Some(e.to_string()),
+    }
     if format == ImageFormat::Qcow2 {
         // Open again with the concrete type for the qcow2-only details.
         let file = std::fs::File::open(path).map_err(|source| FormatError::Open {
@@ -168,6 +181,30 @@ pub fn render_text(info: &ImageInfo) -> String {
             &format!("backing chain [{}]", depth + 1),
             format!("{} ({}, {})", b.filename, b.format, human(b.virtual_size)),
         );
+    }
+    if let Some(t) = &info.partitions {
+        out.push_str(&format!("partition table: gpt, disk guid {}\n", t.disk_guid));
+        if !t.primary_ok {
+            out.push_str("  primary GPT header damaged; read from the backup\n");
+        } else if !t.backup_ok {
+            out.push_str("  backup GPT header missing or different from the primary\n");
+        }
+        for p in &t.partitions {
+            let bytes = (p.last_lba + 1 - p.first_lba) * t.sector_size;
+            out.push_str(&format!(
+                "  {:>3}  {:>12} {:>12}  {:>10}  {:<24} {:?} {}\n",
+                p.number,
+                p.first_lba,
+                p.last_lba,
+                human(bytes),
+                p.type_name.unwrap_or("unknown type"),
+                p.name,
+                p.part_guid
+            ));
+        }
+    }
+    if let Some(e) = &info.partition_error {
+        out.push_str(&format!("partition table: unreadable GPT: {e}\n"));
     }
     out
 }

@@ -15,7 +15,8 @@ pub struct ImageInfo {
     /// Bytes the file occupies on the host (allocated blocks).
     pub disk_size: u64,
     pub cluster_size: Option<u64>,
-    /// The algorithm of the compressed clusters, null when none are compressed.
+    /// The image's compression algorithm (as qemu-img reports it: every qcow2 has
+    /// one, whether or not any cluster is compressed); null for raw.
     pub compression: Option<CompressionType>,
     pub qcow2: Option<Qcow2Details>,
     /// Every image below this one, nearest first.
@@ -108,7 +109,7 @@ fn describe_qcow2(
     let h = q.header();
     let (allocated, compressed) = q.allocation_counts()?;
     info.cluster_size = Some(h.cluster_size());
-    info.compression = (compressed > 0).then_some(h.compression);
+    info.compression = Some(h.compression);
     info.qcow2 = Some(Qcow2Details {
         version: h.version,
         compat: if h.version == 2 { "0.10" } else { "1.1" },
@@ -183,7 +184,10 @@ pub fn render_text(info: &ImageInfo) -> String {
         );
     }
     if let Some(t) = &info.partitions {
-        out.push_str(&format!("partition table: gpt, disk guid {}\n", t.disk_guid));
+        out.push_str(&format!(
+            "partition table: gpt, disk guid {}\n",
+            t.disk_guid
+        ));
         if !t.primary_ok {
             out.push_str("  primary GPT header damaged; read from the backup\n");
         } else if !t.backup_ok {

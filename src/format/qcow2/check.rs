@@ -98,7 +98,6 @@ pub fn check(file: &dyn ReadAt) -> Result<CheckReport, Qcow2Error> {
     let geo = Geometry {
         cluster_bits: header.cluster_bits,
         extended_l2: header.extended_l2(),
-        version: header.version,
     };
     let clusters = file_len.div_ceil(geo.cluster_size()) as usize;
     let mut c = Checker {

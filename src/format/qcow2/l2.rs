@@ -19,7 +19,6 @@ pub const SUBCLUSTERS: u64 = 32;
 pub struct Geometry {
     pub cluster_bits: u32,
     pub extended_l2: bool,
-    pub version: u32,
 }
 
 impl Geometry {
@@ -99,7 +98,9 @@ pub fn decode(
         )));
     }
     if !geo.extended_l2 {
-        let zero = geo.version >= 3 && entry & OFLAG_ZERO != 0;
+        // Version 2 reserves this bit; QEMU honours it anyway and so do we, so
+        // both read such an image the same way.
+        let zero = entry & OFLAG_ZERO != 0;
         let mapping = match (zero, host) {
             (true, _) => Mapping::Zero,
             (false, 0) => Mapping::Unallocated,
@@ -146,7 +147,6 @@ mod tests {
         Geometry {
             cluster_bits,
             extended_l2,
-            version: 3,
         }
     }
 
@@ -187,13 +187,14 @@ mod tests {
     }
 
     #[test]
-    fn zero_flag_only_counts_in_version_3() {
-        let mut g = geo(16, false);
+    fn zero_flag_reads_as_zero_with_or_without_a_host_cluster() {
+        let g = geo(16, false);
         assert_eq!(decode(&g, OFLAG_ZERO, 0, 0).unwrap().0, Mapping::Zero);
-        g.version = 2;
         assert_eq!(
-            decode(&g, OFLAG_ZERO, 0, 0).unwrap().0,
-            Mapping::Unallocated
+            decode(&g, 0x50000 | OFLAG_ZERO, 0, 0).unwrap().0,
+            Mapping::Zero
         );
+        assert_eq!(decode(&g, 0x50000, 0, 9).unwrap().0, Mapping::Data(0x50009));
+        assert_eq!(decode(&g, 0, 0, 0).unwrap().0, Mapping::Unallocated);
     }
 }

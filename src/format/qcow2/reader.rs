@@ -89,7 +89,6 @@ impl Qcow2Image {
         let geo = Geometry {
             cluster_bits: header.cluster_bits,
             extended_l2: header.extended_l2(),
-            version: header.version,
         };
         let mut raw = vec![0u8; header.l1_size as usize * 8];
         file.read_exact_at(&mut raw, header.l1_table_offset)?;
@@ -279,8 +278,15 @@ impl BlockSource for Qcow2Image {
                 Mapping::Zero => piece.fill(0),
                 Mapping::Unallocated => self.read_backing(piece, pos)?,
                 Mapping::Data(host) => {
-                    // Preallocated images may end before their last clusters; the
-                    // missing tail reads as zeros, as in QEMU.
+                    let cluster_start = host - host % self.geo.cluster_size();
+                    if cluster_start >= self.file_len {
+                        return Err(to_io(Qcow2Error::Corrupt(format!(
+                            "data cluster at host offset {cluster_start:#x} (guest offset {pos}) lies past the end of the file ({} bytes)",
+                            self.file_len
+                        ))));
+                    }
+                    // The last cluster may end early when its tail was never
+                    // written; that tail reads as zeros, as in QEMU.
                     self.file.read_zero_padded(piece, host)?;
                 }
                 Mapping::Compressed { offset: host, len } => {

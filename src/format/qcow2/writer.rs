@@ -81,7 +81,6 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         let geo = Geometry {
             cluster_bits: opts.cluster_bits,
             extended_l2: false,
-            version: 3,
         };
         let cs = geo.cluster_size();
         let virtual_size = virtual_size.next_multiple_of(512);

@@ -1,0 +1,3 @@
+//! Integration tests of image formats, one module per format.
+
+mod fat;

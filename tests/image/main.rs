@@ -3,6 +3,7 @@
 
 mod common;
 mod corrupt;
+mod fat;
 mod gpt;
 mod qcow2_read;
 mod qcow2_write;

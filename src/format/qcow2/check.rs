@@ -328,7 +328,7 @@ impl Checker<'_> {
         let mut tables = Vec::new();
         for n in 0..count {
             let mut fixed = [0u8; 40];
-            if at + 40 > self.file_len {
+            if at.saturating_add(40) > self.file_len {
                 self.report
                     .corruption(format!("snapshot {n} header lies past the end of the file"));
                 return Ok(());
@@ -341,6 +341,11 @@ impl Checker<'_> {
             let extra = u32::from_be_bytes(fixed[36..40].try_into().unwrap_or([0; 4]));
             at += (40 + u64::from(extra) + u64::from(id_len) + u64::from(name_len))
                 .next_multiple_of(8);
+            if at > self.file_len {
+                self.report
+                    .corruption(format!("snapshot {n} entry runs past the end of the file"));
+                return Ok(());
+            }
             tables.push((n, l1_off, l1_size));
         }
         let table_len = at - self.header.snapshots_offset;
@@ -489,7 +494,7 @@ impl StoredRefcounts {
             .map(|e| {
                 let off = e & REFTABLE_OFFSET_MASK;
                 // Unusable blocks were reported already; read them as empty.
-                if !off.is_multiple_of(cs) || off + cs > c.file_len {
+                if !off.is_multiple_of(cs) || off.saturating_add(cs) > c.file_len {
                     0
                 } else {
                     off

@@ -75,6 +75,8 @@ EOF
 # awk one-liners for float arithmetic; arguments are passed as variables.
 fcalc() { awk -v a="$1" -v b="$2" "BEGIN { $3 }"; }
 ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.2f", a / b; else print "inf"'; }
+# Size ratios get four decimals: the 2% goal must not pass by rounding.
+size_ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.4f", a / b; else print "inf"'; }
 fge()   { fcalc "$1" "$2" 'exit !(a != "inf" && a + 0 >= b + 0 || a == "inf")'; }
 fle()   { fcalc "$1" "$2" 'exit !(a + 0 <= b + 0)'; }
 flt()   { fcalc "$1" "$2" 'exit !(a + 0 < b + 0)'; }
@@ -435,7 +437,7 @@ report() {
 				if [[ $v == kiln ]]; then
 					cells+=" | | |"
 				elif [[ $status == ok ]]; then
-					cells+=" | $(ratio "$q" "$k")x | $(ratio "$ks" "$qs") |"
+					cells+=" | $(ratio "$q" "$k")x | $(size_ratio "$ks" "$qs") |"
 				else
 					cells+=" | — | — |"
 				fi
@@ -452,7 +454,7 @@ report() {
 		if [[ "$(cat "$RUN_DIR/zlib.status")" == ok ]]; then
 			read -r _ _ qs _ <<<"$(summary zlib qemu)"
 			read -r _ _ ks _ <<<"$(summary zlib kiln)"
-			s=$(ratio "$ks" "$qs")
+			s=$(size_ratio "$ks" "$qs")
 			if fle "$s" "$GOAL_ZLIB_SIZE"; then goal "$text" "${s}x" 0; else goal "$text" "${s}x" 1; fi
 		else goal "$text" "case failed" 1; fi
 	fi

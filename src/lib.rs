@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod format;
 pub mod image;
+pub mod initrd;
 pub mod util;

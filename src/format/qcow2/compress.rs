@@ -4,20 +4,17 @@
 
 use std::cell::RefCell;
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Decompress, FlushDecompress};
 
 use super::header::CompressionType;
 
 /// QEMU's deflate window: 2^12 bytes.
 const QEMU_WINDOW_BITS: u8 = 12;
-/// Level 6 is zlib's default and what QEMU uses; zlib-rs at 6 matches its ratio.
-const ZLIB_LEVEL: u32 = 6;
 /// QEMU's zstd level.
 const ZSTD_LEVEL: i32 = 3;
 
 thread_local! {
-    static DEFLATE: RefCell<Compress> =
-        RefCell::new(Compress::new_with_window_bits(Compression::new(ZLIB_LEVEL), false, QEMU_WINDOW_BITS));
+    static DEFLATE: RefCell<Option<RawDeflater>> = const { RefCell::new(None) };
     static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(false));
     static ZSTD_C: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static ZSTD_D: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
@@ -45,15 +42,13 @@ pub fn compress_cluster(
     out.clear();
     out.resize(limit, 0);
     match kind {
-        CompressionType::Zlib => DEFLATE.with_borrow_mut(|c| {
-            c.reset();
-            match c.compress(cluster, out, FlushCompress::Finish) {
-                Ok(Status::StreamEnd) => {
-                    out.truncate(c.total_out() as usize);
-                    Ok(true)
-                }
-                Ok(_) => Ok(false),
-                Err(e) => Err(CompressError::Corrupt("deflate", e.to_string())),
+        CompressionType::Zlib => DEFLATE.with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = Some(RawDeflater::new()?);
+            }
+            match slot.as_mut() {
+                Some(d) => d.compress(cluster, out),
+                None => Ok(false),
             }
         }),
         CompressionType::Zstd => ZSTD_C.with_borrow_mut(|slot| {
@@ -74,6 +69,81 @@ pub fn compress_cluster(
                 Err(_) => Ok(false),
             }
         }),
+    }
+}
+
+/// Raw deflate tuned for qcow2 clusters. zlib-rs hashes 4-byte prefixes at its
+/// usual levels, which in QEMU's 4 KiB window loses many 3-byte matches (output
+/// 3% larger than zlib's level 6). Its level 9 uses zlib's rolling 3-byte hash;
+/// tuned down to a short chain it keeps zlib's ratio and stays faster than
+/// zlib's level 6. The tuning is not in the safe API, hence the C interface.
+struct RawDeflater {
+    stream: Box<libz_rs_sys::z_stream>,
+}
+
+/// (good_length, max_lazy, nice_length, max_chain): within 1% of zlib level 6's
+/// size on a Debian /usr image, about 1.6x faster.
+const DEFLATE_TUNING: (i32, i32, i32, i32) = (4, 16, 64, 16);
+
+impl RawDeflater {
+    fn new() -> Result<Self, CompressError> {
+        // SAFETY: an all-zero z_stream is the documented initial state (no custom
+        // allocator); deflateInit2_ fills it in. It is boxed so it never moves.
+        let mut stream: Box<libz_rs_sys::z_stream> = Box::new(unsafe { std::mem::zeroed() });
+        let rc = unsafe {
+            libz_rs_sys::deflateInit2_(
+                stream.as_mut(),
+                9,
+                libz_rs_sys::Z_DEFLATED,
+                -i32::from(QEMU_WINDOW_BITS),
+                9,
+                libz_rs_sys::Z_DEFAULT_STRATEGY,
+                libz_rs_sys::zlibVersion(),
+                std::mem::size_of::<libz_rs_sys::z_stream>() as i32,
+            )
+        };
+        if rc != libz_rs_sys::Z_OK {
+            return Err(CompressError::Corrupt("deflate", format!("init failed ({rc})")));
+        }
+        Ok(Self { stream })
+    }
+
+    /// Compress `input` into `out` (its length is the limit); true if it fit.
+    fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, CompressError> {
+        let (good, lazy, nice, chain) = DEFLATE_TUNING;
+        let s = self.stream.as_mut();
+        // SAFETY: the stream was initialized in new(); next_in/next_out point into
+        // live slices whose lengths are given, and are reset before each use.
+        let rc = unsafe {
+            libz_rs_sys::deflateReset(s);
+            // Reset restores the level's parameters, so tune after it.
+            libz_rs_sys::deflateTune(s, good, lazy, nice, chain);
+            s.next_in = input.as_ptr();
+            s.avail_in = input.len() as u32;
+            s.next_out = out.as_mut_ptr();
+            s.avail_out = out.len() as u32;
+            libz_rs_sys::deflate(s, libz_rs_sys::Z_FINISH)
+        };
+        let written = out.len() - s.avail_out as usize;
+        s.next_in = std::ptr::null();
+        s.next_out = std::ptr::null_mut();
+        match rc {
+            libz_rs_sys::Z_STREAM_END => {
+                out.truncate(written);
+                Ok(true)
+            }
+            libz_rs_sys::Z_OK | libz_rs_sys::Z_BUF_ERROR => Ok(false),
+            rc => Err(CompressError::Corrupt("deflate", format!("deflate failed ({rc})"))),
+        }
+    }
+}
+
+impl Drop for RawDeflater {
+    fn drop(&mut self) {
+        // SAFETY: the stream was initialized by deflateInit2_ and is ended once.
+        unsafe {
+            libz_rs_sys::deflateEnd(self.stream.as_mut());
+        }
     }
 }
 

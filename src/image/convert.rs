@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 use rayon::prelude::*;
 
@@ -251,7 +251,9 @@ impl Job<'_> {
             path: self.dst.to_path_buf(),
             source,
         };
-        let sink = BufWriter::with_capacity(4 << 20, out.file());
+        // Small buffer: it only gathers compressed clusters and tables; runs of
+        // raw clusters are larger and go straight to the file.
+        let sink = BufWriter::with_capacity(256 << 10, out.file());
         let mut writer =
             Qcow2Writer::new(sink, self.source.virtual_size(), opts).map_err(qcow2_err)?;
         let size = writer.virtual_size();
@@ -262,12 +264,18 @@ impl Job<'_> {
         let bar = progress::bytes_bar(size, self.opts.progress);
 
         let (tx, rx) = mpsc::sync_channel::<Vec<Unit>>(1);
+        // Unit buffers go back to the producers once written: no fresh pages to fault in.
+        let pool = Mutex::new(Vec::<Vec<u8>>::new());
         let data_bytes = std::thread::scope(|scope| -> Result<u64, ConvertError> {
+            let pool = &pool;
             let sink_thread = scope.spawn(move || -> Result<u64, Qcow2Error> {
                 let mut data = 0u64;
                 for batch in rx {
                     for unit in batch {
                         data += append_unit(&mut writer, &unit, cs)?;
+                        if let Ok(mut free) = pool.lock() {
+                            free.push(unit.bytes);
+                        }
                     }
                 }
                 writer.finish()?.into_inner().map_err(|e| e.into_error())?;
@@ -282,7 +290,8 @@ impl Job<'_> {
                         .map(|i| {
                             let offset = i * unit;
                             let len = unit.min(size - offset);
-                            let u = self.prepare_unit(offset, len as usize, cs);
+                            let buf = pool.lock().ok().and_then(|mut free| free.pop());
+                            let u = self.prepare_unit(offset, len as usize, cs, buf);
                             bar.inc(len);
                             u
                         })
@@ -304,8 +313,17 @@ impl Job<'_> {
         Ok((data_bytes, out))
     }
 
-    fn prepare_unit(&self, offset: u64, len: usize, cs: u64) -> Result<Unit, ConvertError> {
-        let mut bytes = vec![0u8; len];
+    /// Read and compress one unit into `buf` (a recycled buffer, if any). Every
+    /// byte is overwritten, so a recycled buffer needs no clearing.
+    fn prepare_unit(
+        &self,
+        offset: u64,
+        len: usize,
+        cs: u64,
+        buf: Option<Vec<u8>>,
+    ) -> Result<Unit, ConvertError> {
+        let mut bytes = buf.unwrap_or_default();
+        bytes.resize(len, 0);
         let mut clusters = Vec::new();
         if self.read_unit(offset, &mut bytes)? {
             for (k, chunk) in bytes.chunks(cs as usize).enumerate() {
@@ -347,25 +365,31 @@ impl Job<'_> {
 }
 
 /// Hand one prepared unit to the qcow2 writer; returns the guest bytes stored.
+/// Runs of uncompressed clusters go out in one write each.
 fn append_unit<W: std::io::Write + std::io::Seek>(
     writer: &mut Qcow2Writer<W>,
     unit: &Unit,
     cs: u64,
 ) -> Result<u64, Qcow2Error> {
+    let first = unit.offset / cs;
+    let cs = cs as usize;
     let mut stored = 0;
-    for (k, cluster) in unit.clusters.iter().enumerate() {
-        let index = unit.offset / cs + k as u64;
-        match cluster {
-            None => {}
-            Some(Some(packed)) => writer.write_cluster(index, ClusterData::Compressed(packed))?,
-            Some(None) => {
-                let start = k * cs as usize;
-                let end = (start + cs as usize).min(unit.bytes.len());
-                writer.write_cluster(index, ClusterData::Raw(&unit.bytes[start..end]))?;
-            }
+    let mut run_start: Option<usize> = None;
+    for k in 0..=unit.clusters.len() {
+        let raw = matches!(unit.clusters.get(k), Some(Some(None)));
+        if let (false, Some(start)) = (raw, run_start) {
+            let end = (k * cs).min(unit.bytes.len());
+            writer.write_raw_run(first + start as u64, &unit.bytes[start * cs..end])?;
+            stored += (end - start * cs) as u64;
+            run_start = None;
         }
-        if cluster.is_some() {
-            stored += cs;
+        match unit.clusters.get(k) {
+            Some(Some(None)) if run_start.is_none() => run_start = Some(k),
+            Some(Some(Some(packed))) => {
+                writer.write_cluster(first + k as u64, ClusterData::Compressed(packed))?;
+                stored += cs as u64;
+            }
+            _ => {}
         }
     }
     Ok(stored)

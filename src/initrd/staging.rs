@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn guest_paths_are_normalized_and_confined() {
-        assert_eq!(normalize_guest_path("/usr//lib/./x.so").unwrap(), "/usr/lib/x.so");
+        assert_eq!(
+            normalize_guest_path("/usr//lib/./x.so").unwrap(),
+            "/usr/lib/x.so"
+        );
         assert_eq!(normalize_guest_path("/etc/").unwrap(), "/etc");
         assert!(normalize_guest_path("usr/lib").is_err());
         assert!(normalize_guest_path("/usr/../etc").is_err());

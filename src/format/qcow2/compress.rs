@@ -103,7 +103,10 @@ impl RawDeflater {
             )
         };
         if rc != libz_rs_sys::Z_OK {
-            return Err(CompressError::Corrupt("deflate", format!("init failed ({rc})")));
+            return Err(CompressError::Corrupt(
+                "deflate",
+                format!("init failed ({rc})"),
+            ));
         }
         Ok(Self { stream })
     }
@@ -133,7 +136,10 @@ impl RawDeflater {
                 Ok(true)
             }
             libz_rs_sys::Z_OK | libz_rs_sys::Z_BUF_ERROR => Ok(false),
-            rc => Err(CompressError::Corrupt("deflate", format!("deflate failed ({rc})"))),
+            rc => Err(CompressError::Corrupt(
+                "deflate",
+                format!("deflate failed ({rc})"),
+            )),
         }
     }
 }

@@ -155,6 +155,48 @@ impl<W: Write + Seek> Qcow2Writer<W> {
         Ok(())
     }
 
+    /// Append consecutive guest clusters `first..` stored uncompressed, with one
+    /// write per L2 table they fall in. `bytes` covers whole clusters, except that
+    /// the last cluster of the disk may be short (it is padded).
+    pub fn write_raw_run(&mut self, first: u64, bytes: &[u8]) -> Result<(), Qcow2Error> {
+        let cs = self.cluster_size();
+        let count = (bytes.len() as u64).div_ceil(cs);
+        if first < self.next_guest_cluster
+            || (first + count) * cs > self.virtual_size.next_multiple_of(cs)
+        {
+            return Err(Qcow2Error::Option(format!(
+                "clusters {first}..{} written out of order or past the end of the disk",
+                first + count
+            )));
+        }
+        let l2_entries = self.geo.l2_entries();
+        let mut index = first;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let l1_index = (index / l2_entries) as usize;
+            if self.l2_index != Some(l1_index) {
+                self.flush_l2()?;
+                self.l2_index = Some(l1_index);
+            }
+            let in_table = l2_entries - index % l2_entries;
+            let take = (in_table * cs).min(rest.len() as u64) as usize;
+            let (chunk, tail) = rest.split_at(take);
+            self.pad_to(self.pos.next_multiple_of(cs))?;
+            let host = self.pos;
+            self.out.write_all(chunk)?;
+            self.pos += chunk.len() as u64;
+            self.pad_to(self.pos.next_multiple_of(cs))?;
+            for k in 0..(take as u64).div_ceil(cs) {
+                self.add_ref(host / cs + k)?;
+                self.l2[((index + k) % l2_entries) as usize] = (host + k * cs) | OFLAG_COPIED;
+            }
+            index += (take as u64).div_ceil(cs);
+            rest = tail;
+        }
+        self.next_guest_cluster = index;
+        Ok(())
+    }
+
     /// Write the L2 table, refcounts, L1 table and header. Returns the output.
     pub fn finish(mut self) -> Result<W, Qcow2Error> {
         self.flush_l2()?;
@@ -361,5 +403,32 @@ mod tests {
             let report = crate::format::qcow2::check::check(&bytes).unwrap();
             assert!(report.is_clean(), "{compression:?}: {report:?}");
         }
+    }
+
+    #[test]
+    fn raw_runs_cross_l2_tables() {
+        // 512-byte clusters: an L2 table maps 64 clusters, so this run spans four.
+        let cs = 512u64;
+        let run: Vec<u8> = (0..200 * cs).map(|b| (b % 251) as u8 + 1).collect();
+        let opts = WriterOptions {
+            cluster_bits: 9,
+            compression: None,
+        };
+        let mut w = Qcow2Writer::new(Cursor::new(Vec::new()), 400 * cs, opts).unwrap();
+        w.write_cluster(3, ClusterData::Raw(&run[..cs as usize]))
+            .unwrap();
+        w.write_raw_run(10, &run).unwrap();
+        assert!(
+            w.write_raw_run(100, &run[..cs as usize]).is_err(),
+            "out of order"
+        );
+        let bytes = w.finish().unwrap().into_inner();
+        let img = Qcow2Image::open(Box::new(bytes.clone())).unwrap();
+        let mut back = vec![0u8; run.len()];
+        img.read_exact_at(&mut back, 10 * cs).unwrap();
+        assert_eq!(back, run);
+        let report = crate::format::qcow2::check::check(&bytes).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.allocated_clusters, 201);
     }
 }

@@ -43,10 +43,19 @@ impl AtomicFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if dest.is_dir() {
+        // Replacing a device node or a pipe by a file would be a surprise at
+        // best; only regular files (or nothing) may stand at the destination.
+        if let Ok(meta) = std::fs::metadata(dest)
+            && !meta.is_file()
+        {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
             return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                format!("{} is a directory", dest.display()),
+                io::ErrorKind::InvalidInput,
+                format!("{} is {what}; kiln writes image files", dest.display()),
             ));
         }
         let unnamed = OpenOptions::new()
@@ -153,6 +162,15 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn devices_and_directories_are_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = AtomicFile::create(Path::new("/dev/null")).err().unwrap();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = AtomicFile::create(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("a directory"), "{err}");
     }
 
     #[test]

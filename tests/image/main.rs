@@ -5,5 +5,6 @@ mod common;
 mod corrupt;
 mod fat;
 mod gpt;
+mod interrupt;
 mod qcow2_read;
 mod qcow2_write;

@@ -13,10 +13,7 @@ fn mixed_source(dir: &Path) -> PathBuf {
 }
 
 fn compressed_clusters(image: &Path) -> usize {
-    qemu_map(image)
-        .iter()
-        .filter(|e| e["compressed"] == true)
-        .count()
+    Qcow2::open(image).compressed_count()
 }
 
 /// `kiln image convert OPTS -O qcow2 SRC OUT_DIR/out.qcow2`, then: qemu-img check clean

@@ -1,10 +1,13 @@
 //! Byte formats of disk images. Pure and process-free: readers are `BlockSource`s
 //! over `ReadAt`, writers take bytes in order.
 
+pub mod deb;
 pub mod fat;
 pub mod gpt;
+pub mod pkgarchive;
 pub mod qcow2;
 pub mod raw;
+pub mod rpm;
 pub mod source;
 
 use std::fmt;

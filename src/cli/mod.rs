@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
 mod image;
+mod initrd;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ enum Command {
     /// Disk images: convert, info, check
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Linux initramfs images: ls, extract, pack, rm
+    #[command(subcommand)]
+    Initrd(initrd::InitrdCommand),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -30,6 +34,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
+        Command::Initrd(cmd) => initrd::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,9 +1,11 @@
 //! Byte formats of disk images. Pure and process-free: readers are `BlockSource`s
 //! over `ReadAt`, writers take bytes in order.
 
+pub mod cpio;
 pub mod deb;
 pub mod fat;
 pub mod gpt;
+pub mod initrd;
 pub mod pkgarchive;
 pub mod qcow2;
 pub mod raw;

@@ -259,3 +259,149 @@ fn ensure_dirs(tree: &mut Tree, dir: &PathKey, for_path: &str) -> Result<(), Ini
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::cpio::{ArchiveWriter, Entry};
+
+    fn archive(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+        let mut w = ArchiveWriter::new();
+        for (i, (name, mode, data)) in entries.iter().enumerate() {
+            w.add(&Entry {
+                name: name.as_bytes().to_vec(),
+                ino: i as u32 + 1,
+                mode: *mode,
+                nlink: 1,
+                mtime: 1000,
+                data: Blob::from(*data),
+                ..Entry::default()
+            })
+            .unwrap();
+        }
+        w.finish()
+    }
+
+    fn image() -> Vec<u8> {
+        let mut bytes = archive(&[("kernel/ucode.bin", 0o100644, b"ucode")]);
+        bytes.extend_from_slice(&[0; 12]);
+        let main = archive(&[
+            ("usr", 0o40755, b""),
+            ("usr/lib", 0o40755, b""),
+            ("lib", 0o120777, b"usr/lib"),
+            ("usr/lib/a.so", 0o100755, b"a"),
+            ("etc", 0o40755, b""),
+        ]);
+        bytes.extend(crate::format::initrd::compress(&[main], Compression::Gzip, &|_| {}).unwrap());
+        bytes
+    }
+
+    fn paths(bytes: Vec<u8>) -> Vec<String> {
+        let initrd = Initrd::parse(bytes).unwrap();
+        let (tree, _) = merged_tree(&initrd, 0);
+        tree.nodes.keys().map(|k| k.display()).collect()
+    }
+
+    #[test]
+    fn additions_follow_parent_symlinks_and_early_bytes_stay() {
+        let input = Initrd::parse(image()).unwrap();
+        let edits = Edits {
+            remove: vec!["/etc".into()],
+            add: vec![Staged {
+                path: "/lib/modules/x.ko".into(),
+                kind: StagedKind::File(Content::Bytes(b"ko".to_vec())),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }],
+        };
+        let out = repack(&input, &edits, &RepackOptions::default()).unwrap();
+        let early_end = input.segments[1].offset as usize;
+        assert_eq!(out[..early_end], input.bytes[..early_end]);
+        let out_initrd = Initrd::parse(out.clone()).unwrap();
+        assert_eq!(out_initrd.segments[1].compression, Compression::Gzip);
+        assert_eq!(
+            paths(out),
+            [
+                "/kernel/ucode.bin",
+                "/lib",
+                "/usr",
+                "/usr/lib",
+                "/usr/lib/a.so",
+                "/usr/lib/modules",
+                "/usr/lib/modules/x.ko"
+            ]
+        );
+    }
+
+    #[test]
+    fn removal_in_the_early_segment_rewrites_only_it() {
+        let input = Initrd::parse(image()).unwrap();
+        let edits = Edits {
+            remove: vec!["kernel/ucode.bin".into()],
+            add: vec![],
+        };
+        let out = repack(
+            &input,
+            &edits,
+            &RepackOptions {
+                compression: Some(Compression::Zstd),
+                ..RepackOptions::default()
+            },
+        )
+        .unwrap();
+        let got = Initrd::parse(out).unwrap();
+        assert!(got.segments[0].entries.is_empty());
+        assert_eq!(got.segments[1].compression, Compression::Zstd);
+        assert_eq!(got.segments[1].entries.len(), 5);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let input = Initrd::parse(image()).unwrap();
+        let missing = Edits {
+            remove: vec!["/nope".into(), "/etc".into(), "/usr/x".into()],
+            add: vec![],
+        };
+        match repack(&input, &missing, &RepackOptions::default()) {
+            Err(InitrdError::NotFound(p)) => assert_eq!(p, ["/nope", "/usr/x"]),
+            other => panic!("{other:?}"),
+        }
+        let over_dir = Edits {
+            remove: vec![],
+            add: vec![Staged {
+                path: "/usr/lib".into(),
+                kind: StagedKind::Symlink("x".into()),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            }],
+        };
+        assert!(matches!(
+            repack(&input, &over_dir, &RepackOptions::default()),
+            Err(InitrdError::ReplaceDir(_))
+        ));
+        let under_file = Edits {
+            remove: vec![],
+            add: vec![Staged {
+                path: "/usr/lib/a.so/x".into(),
+                kind: StagedKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            }],
+        };
+        assert!(matches!(
+            repack(&input, &under_file, &RepackOptions::default()),
+            Err(InitrdError::NotADirectory { .. })
+        ));
+        let lz4 = RepackOptions {
+            compression: Some(Compression::Lz4),
+            ..RepackOptions::default()
+        };
+        assert!(matches!(
+            repack(&input, &Edits::default(), &lz4),
+            Err(InitrdError::NeedCompression { .. })
+        ));
+    }
+}

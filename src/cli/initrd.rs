@@ -18,6 +18,47 @@ pub enum InitrdCommand {
     Pack(PackArgs),
     /// Remove entries (directories recursively) and write a new initramfs
     Rm(RmArgs),
+    /// Add files, programs with their libraries, kernel modules with their
+    /// dependencies, firmware and package payloads, and write a new initramfs
+    Add(AddArgs),
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    initrd: PathBuf,
+    /// Initramfs to write (appears only when complete)
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// HOST:GUEST, a file or a directory (copied recursively)
+    #[arg(long = "file", value_name = "HOST:GUEST")]
+    files: Vec<String>,
+    /// An ELF program, with its interpreter and the shared libraries it needs
+    #[arg(long = "binary", value_name = "PATH")]
+    binaries: Vec<PathBuf>,
+    /// The payload of a kmod RPM or a .deb
+    #[arg(long = "package", value_name = "FILE")]
+    packages: Vec<PathBuf>,
+    /// A kernel module (name or alias) with its dependencies and soft dependencies
+    #[arg(long = "module", value_name = "NAME")]
+    modules: Vec<String>,
+    /// Where kernel modules are found on the host
+    #[arg(long, default_value = "/lib/modules")]
+    modules_dir: PathBuf,
+    /// Kernel version (default: the one the initrd has modules for, else the running kernel)
+    #[arg(long)]
+    kernel_version: Option<String>,
+    /// Firmware file relative to /lib/firmware
+    #[arg(long = "firmware", value_name = "PATH")]
+    firmware: Vec<String>,
+    /// Look programs and firmware up in this root instead of /
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Output compression (default: the input's)
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
+    /// No progress bar
+    #[arg(short = 'q')]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -144,6 +185,34 @@ pub fn run(cmd: InitrdCommand) -> Result<u8> {
                     args.output.display()
                 )
             })?;
+        }
+        InitrdCommand::Add(args) => {
+            let opts = RepackOptions {
+                compression: args.compression.map(Into::into),
+                mtime_clamp: initrd::source_date_epoch(),
+                progress: !args.quiet,
+            };
+            let req = initrd::add::AddRequest {
+                files: args.files,
+                binaries: args.binaries,
+                packages: args.packages,
+                modules: args.modules,
+                firmware: args.firmware,
+                modules_dir: args.modules_dir,
+                kernel_version: args.kernel_version,
+                sysroot: args.root,
+            };
+            let report =
+                initrd::add::add(&args.initrd, &args.output, &req, &opts).with_context(|| {
+                    format!(
+                        "adding to {} into {}",
+                        args.initrd.display(),
+                        args.output.display()
+                    )
+                })?;
+            for w in &report.warnings {
+                eprintln!("kiln: warning: {w}");
+            }
         }
     }
     Ok(0)

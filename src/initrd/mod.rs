@@ -11,6 +11,7 @@
 //! The byte formats live in [`crate::format::cpio`] and [`crate::format::initrd`];
 //! [`tree::Tree`] is the unpacked view all operations work on.
 
+pub mod add;
 pub mod elf;
 pub mod elfparse;
 pub mod extract;

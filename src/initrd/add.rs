@@ -1,0 +1,187 @@
+//! `kiln initrd add`: gather files, programs with their libraries, kernel modules
+//! with their dependencies, firmware and package payloads, then repack once.
+
+use std::path::{Path, PathBuf};
+
+use super::repack::{Edits, RepackOptions, repack};
+use super::{InitrdError, Staged, io_err, list, read_initrd};
+use crate::util::atomic_file::AtomicFile;
+
+/// What to add. Paths on the host; `sysroot` is where programs and firmware are
+/// looked up ("/" normally).
+#[derive(Debug, Clone, Default)]
+pub struct AddRequest {
+    /// `HOST:GUEST` specs.
+    pub files: Vec<String>,
+    pub binaries: Vec<PathBuf>,
+    pub packages: Vec<PathBuf>,
+    pub modules: Vec<String>,
+    pub firmware: Vec<String>,
+    pub modules_dir: PathBuf,
+    /// None: the single kernel whose modules the initrd holds, else the running one.
+    pub kernel_version: Option<String>,
+    pub sysroot: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+    #[error("--file {0}")]
+    File(#[from] super::files::FileError),
+    #[error("--binary {path}: {source}")]
+    Binary {
+        path: PathBuf,
+        source: super::elf::ElfError,
+    },
+    #[error(transparent)]
+    Package(#[from] super::package::PackageError),
+    #[error("--module: {0}")]
+    Module(#[from] super::modules::ModuleError),
+    #[error("--firmware: {0}")]
+    Firmware(#[from] super::firmware::FirmwareError),
+    #[error("the initrd holds modules for several kernels ({0}); choose one with --kernel-version")]
+    WhichKernel(String),
+}
+
+/// Warnings worth showing: firmware that modules want but the host lacks, notes
+/// from package payloads.
+#[derive(Debug, Default)]
+pub struct AddReport {
+    pub added: usize,
+    pub warnings: Vec<String>,
+}
+
+/// Read `input`, add what `req` names, write `output` (only when complete).
+pub fn add(
+    input: &Path,
+    output: &Path,
+    req: &AddRequest,
+    opts: &RepackOptions,
+) -> Result<AddReport, AddError> {
+    let initrd = read_initrd(input)?;
+    let paths: Vec<String> = list(&initrd)
+        .segments
+        .into_iter()
+        .flat_map(|s| s.entries.into_iter().map(|e| e.path))
+        .map(|p| {
+            p.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect();
+    let mut report = AddReport::default();
+    let mut staged: Vec<Staged> = Vec::new();
+    for spec in &req.files {
+        staged.extend(super::files::host_file(spec)?);
+    }
+    for binary in &req.binaries {
+        staged.extend(
+            super::elf::binary_with_deps(&req.sysroot, binary).map_err(|source| {
+                AddError::Binary {
+                    path: binary.clone(),
+                    source,
+                }
+            })?,
+        );
+    }
+    for package in &req.packages {
+        let payload = super::package::package_contents(package, 4 << 30)?;
+        report.warnings.extend(payload.notes);
+        staged.extend(payload.items);
+    }
+    if !req.modules.is_empty() {
+        let kernel = match &req.kernel_version {
+            Some(v) => v.clone(),
+            None => kernel_in_initrd(&paths)?
+                .map(Ok)
+                .unwrap_or_else(|| super::modules::default_kernel(&req.modules_dir))?,
+        };
+        let present = modules_present(&paths, &kernel);
+        let set = super::modules::resolve(&req.modules_dir, &kernel, &req.modules, &present)?;
+        report.warnings.extend(
+            set.missing_firmware.iter().map(|(m, f)| {
+                format!("module {m} wants firmware {f}, which the host does not have")
+            }),
+        );
+        staged.extend(set.staged);
+    }
+    if !req.firmware.is_empty() {
+        staged.extend(super::firmware::firmware(&req.sysroot, &req.firmware)?);
+    }
+    report.added = staged.len();
+    let edits = Edits {
+        remove: Vec::new(),
+        add: staged,
+    };
+    let bytes = repack(&initrd, &edits, opts)?;
+    let out = AtomicFile::create(output).map_err(io_err(output))?;
+    std::io::Write::write_all(&mut out.file(), &bytes).map_err(io_err(output))?;
+    out.commit().map_err(io_err(output))?;
+    Ok(report)
+}
+
+/// Where kernel modules live in an initrd (merged-/usr or not).
+fn module_roots(path: &str) -> Option<&str> {
+    path.strip_prefix("lib/modules/")
+        .or_else(|| path.strip_prefix("usr/lib/modules/"))
+}
+
+/// The one kernel version with a modules directory in the initrd, if any.
+fn kernel_in_initrd(paths: &[String]) -> Result<Option<String>, AddError> {
+    let mut versions: Vec<&str> = paths
+        .iter()
+        .filter_map(|p| module_roots(p))
+        .filter_map(|rest| rest.split('/').next())
+        .filter(|v| !v.is_empty())
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    match versions.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        many => Err(AddError::WhichKernel(many.join(", "))),
+    }
+}
+
+/// Module files already in the initrd, relative to lib/modules/KERNEL.
+fn modules_present(paths: &[String], kernel: &str) -> Vec<String> {
+    let ext = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
+    paths
+        .iter()
+        .filter_map(|p| module_roots(p))
+        .filter_map(|rest| rest.strip_prefix(kernel)?.strip_prefix('/'))
+        .filter(|rel| ext.iter().any(|e| rel.ends_with(e)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn kernel_and_modules_are_found_in_both_layouts() {
+        let p = paths(&[
+            "usr/lib/modules/6.1.0-9-amd64/kernel/fs/ext4/ext4.ko",
+            "usr/lib/modules/6.1.0-9-amd64/modules.dep",
+            "lib/modules/6.1.0-9-amd64/kernel/crypto/crc32c.ko.xz",
+            "etc/modprobe.d/x.conf",
+        ]);
+        assert_eq!(
+            kernel_in_initrd(&p).unwrap().as_deref(),
+            Some("6.1.0-9-amd64")
+        );
+        assert_eq!(
+            modules_present(&p, "6.1.0-9-amd64"),
+            paths(&["kernel/fs/ext4/ext4.ko", "kernel/crypto/crc32c.ko.xz"])
+        );
+        let two = paths(&["lib/modules/a/x.ko", "lib/modules/b/y.ko"]);
+        assert!(kernel_in_initrd(&two).is_err());
+        assert_eq!(kernel_in_initrd(&paths(&["bin/sh"])).unwrap(), None);
+    }
+}

@@ -16,7 +16,6 @@ use crate::util::{interrupt, progress};
 
 /// Uncompressed size of each gzip member (each a complete cpio archive), so that
 /// gzip output is compressed in parallel yet does not depend on the thread count.
-pub const GZIP_PART: usize = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct PackOptions {
@@ -59,11 +58,7 @@ pub fn encode_tree(
 ) -> Result<Vec<u8>, InitrdError> {
     let parts = tree.write_archives(&WriteOptions {
         mtime_clamp,
-        part_size: if compression == Compression::Gzip {
-            GZIP_PART
-        } else {
-            usize::MAX
-        },
+        part_size: usize::MAX,
     })?;
     let total: usize = parts.iter().map(Vec::len).sum();
     let bar = progress::bytes_bar(total as u64, show_progress);

@@ -79,10 +79,37 @@ fn segments_of_every_compression_with_padding() {
 }
 
 #[test]
-fn gzip_members_are_separate_segments() {
-    let a = archive(&[("a", b"1")]);
-    let b = archive(&[("b", b"2")]);
-    let file = compress(&[a, b], Compression::Gzip, &|_| {}).unwrap();
+fn gzip_output_is_one_member_however_many_chunks() {
+    // Over 3 MiB of poorly compressible data: several parallel deflate chunks.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..3_500_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 7) as u8
+        })
+        .collect();
+    let data = archive(&[("a", &big), ("b", b"2")]);
+    let file = compress(std::slice::from_ref(&data), Compression::Gzip, &|_| {}).unwrap();
+    // A single-member decoder must see everything: one member, valid CRC and size.
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&file[..]), &mut back).unwrap();
+    assert_eq!(back, data);
+    let initrd = Initrd::parse(file).unwrap();
+    assert_eq!(initrd.segments.len(), 1);
+    assert_eq!(names(&initrd.segments[0]), vec!["a", "b"]);
+}
+
+#[test]
+fn separately_compressed_gzip_members_are_separate_segments() {
+    let member = |data: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut enc, data).unwrap();
+        enc.finish().unwrap()
+    };
+    let mut file = member(&archive(&[("a", b"1")]));
+    file.extend(member(&archive(&[("b", b"2")])));
     let initrd = Initrd::parse(file).unwrap();
     assert_eq!(initrd.segments.len(), 2);
     assert_eq!(names(&initrd.segments[1]), vec!["b"]);

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use super::repack::{Edits, RepackOptions, repack};
-use super::{InitrdError, Staged, io_err, list, read_initrd};
+use std::collections::HashSet;
+
+use super::{InitrdError, Staged, StagedKind, io_err, list, read_initrd};
+use crate::format::cpio::FileType;
 use crate::util::atomic_file::AtomicFile;
 
 /// What to add. Paths on the host; `sysroot` is where programs and firmware are
@@ -60,15 +63,20 @@ pub fn add(
     opts: &RepackOptions,
 ) -> Result<AddReport, AddError> {
     let initrd = read_initrd(input)?;
-    let paths: Vec<String> = list(&initrd)
+    let entries: Vec<(String, FileType)> = list(&initrd)
         .segments
         .into_iter()
-        .flat_map(|s| s.entries.into_iter().map(|e| e.path))
-        .map(|p| {
-            p.trim_start_matches("./")
-                .trim_start_matches('/')
-                .to_string()
+        .flat_map(|s| s.entries.into_iter())
+        .map(|e| {
+            let p = e.path.trim_start_matches("./").trim_start_matches('/');
+            (p.to_string(), e.file_type)
         })
+        .collect();
+    let paths: Vec<String> = entries.iter().map(|(p, _)| p.clone()).collect();
+    let real_dirs: HashSet<String> = entries
+        .iter()
+        .filter(|(_, t)| *t == FileType::Dir)
+        .map(|(p, _)| format!("/{p}"))
         .collect();
     let mut report = AddReport::default();
     let mut staged: Vec<Staged> = Vec::new();
@@ -109,6 +117,7 @@ pub fn add(
     if !req.firmware.is_empty() {
         staged.extend(super::firmware::firmware(&req.sysroot, &req.firmware)?);
     }
+    let staged = keep_real_directories(staged, &real_dirs);
     report.added = staged.len();
     let edits = Edits {
         remove: Vec::new(),
@@ -119,6 +128,56 @@ pub fn add(
     std::io::Write::write_all(&mut out.file(), &bytes).map_err(io_err(output))?;
     out.commit().map_err(io_err(output))?;
     Ok(report)
+}
+
+/// The host's merged-/usr links (/lib -> usr/lib) must not replace real
+/// directories of the initrd. Where the initrd has a real directory S and the
+/// host a link S -> T, drop the link and move what was staged under T to S, so
+/// every path the host reached through S still resolves inside the initrd.
+fn keep_real_directories(staged: Vec<Staged>, real_dirs: &HashSet<String>) -> Vec<Staged> {
+    let mut moves: Vec<(String, String)> = Vec::new();
+    let mut kept = Vec::with_capacity(staged.len());
+    for item in staged {
+        if let StagedKind::Symlink(target) = &item.kind
+            && real_dirs.contains(&item.path)
+            && let Some(resolved) = resolve_link(&item.path, target)
+        {
+            moves.push((resolved, item.path.clone()));
+            continue;
+        }
+        kept.push(item);
+    }
+    for item in &mut kept {
+        for (from, to) in &moves {
+            if item.path == *from {
+                item.path = to.clone();
+            } else if let Some(rest) = item.path.strip_prefix(&format!("{from}/")) {
+                item.path = format!("{to}/{rest}");
+            }
+        }
+    }
+    kept
+}
+
+/// Absolute, normalized target of the link at `link` pointing to `target`.
+fn resolve_link(link: &str, target: &str) -> Option<String> {
+    let joined = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        let parent = link.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        format!("{parent}/{target}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    (!parts.is_empty()).then(|| format!("/{}", parts.join("/")))
 }
 
 /// Where kernel modules live in an initrd (merged-/usr or not).
@@ -162,6 +221,46 @@ mod tests {
 
     fn paths(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn item(path: &str, kind: StagedKind) -> Staged {
+        Staged {
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    #[test]
+    fn host_merged_usr_links_yield_to_real_initrd_directories() {
+        let staged = vec![
+            item("/lib", StagedKind::Symlink("usr/lib".into())),
+            item("/bin", StagedKind::Symlink("usr/bin".into())),
+            item("/usr/lib/x86_64-linux-gnu/libc.so.6", StagedKind::Dir),
+            item("/usr/bin/ls", StagedKind::Dir),
+            item("/lib64", StagedKind::Symlink("usr/lib64".into())),
+        ];
+        let real: HashSet<String> = ["/lib".to_string()].into();
+        let out: Vec<String> = keep_real_directories(staged, &real)
+            .into_iter()
+            .map(|s| s.path)
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "/bin",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/bin/ls",
+                "/lib64"
+            ]
+        );
+        assert_eq!(resolve_link("/a/b", "../c/./d").as_deref(), Some("/c/d"));
+        assert_eq!(
+            resolve_link("/lib64", "/usr/lib64").as_deref(),
+            Some("/usr/lib64")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The real kernel is the oracle: an initramfs that kiln packs (busybox-static and an
 //! /init script) boots Debian's kernel under `qemu-system-x86_64 -accel tcg`, and a
-//! module injected with `kiln initrd add --module` loads with modprobe inside it.
+//! module injected with `kiln initrd add --module` loads with modprobe inside it, and a
+//! dynamically linked program added with `--binary` runs there.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -12,6 +13,10 @@ use crate::common::{kiln, require, run};
 
 const BOOT_MARKER: &str = "KILN-BOOT-MARKER";
 const MODPROBE_MARKER: &str = "KILN-MODPROBE-OK";
+const BINARY_MARKER: &str = "KILN-BINARY-OK";
+/// A dynamically linked host program added with `--binary`: it only runs in the VM
+/// if its interpreter and every library came along.
+const HOST_PROGRAM: &str = "/usr/bin/ls";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A kernel version with both a bootable image in /boot and its modules.
@@ -53,6 +58,7 @@ fn busybox_root(root: &Path) {
              mount -t sysfs sys /sys\n\
              echo {BOOT_MARKER}\n\
              modprobe dummy && [ -d /sys/module/dummy ] && echo {MODPROBE_MARKER}\n\
+             {HOST_PROGRAM} /proc/self >/dev/null && echo {BINARY_MARKER}\n\
              poweroff -f\n"
         ),
     )
@@ -115,15 +121,22 @@ fn packed_initrd_boots_and_added_module_loads() {
         "dummy".as_ref(),
         "--kernel-version".as_ref(),
         version.as_ref(),
+        "--binary".as_ref(),
+        HOST_PROGRAM.as_ref(),
     ])
     .assert_ok();
 
-    // Without the module the init runs but modprobe fails: the control case.
+    // Without the additions the init runs but modprobe and the program fail: the
+    // control case.
     let console = boot(&kernel, &base);
     assert!(console.contains(BOOT_MARKER), "no boot marker:\n{console}");
     assert!(
         !console.contains(MODPROBE_MARKER),
         "dummy loaded without being added:\n{console}"
+    );
+    assert!(
+        !console.contains(BINARY_MARKER),
+        "{HOST_PROGRAM} ran without being added:\n{console}"
     );
 
     let console = boot(&kernel, &added);
@@ -131,5 +144,9 @@ fn packed_initrd_boots_and_added_module_loads() {
     assert!(
         console.contains(MODPROBE_MARKER),
         "modprobe dummy failed in the VM:\n{console}"
+    );
+    assert!(
+        console.contains(BINARY_MARKER),
+        "{HOST_PROGRAM} added with --binary did not run in the VM:\n{console}"
     );
 }

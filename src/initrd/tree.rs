@@ -333,6 +333,15 @@ impl Tree {
         let plain = self.nodes.iter().filter(|(_, n)| !linked(n));
         let links = self.nodes.iter().filter(|(_, n)| linked(n));
 
+        // A directory's link count is 2 plus its subdirectories, as on a filesystem.
+        let mut subdirs: HashMap<PathKey, u32> = HashMap::new();
+        for (key, node) in &self.nodes {
+            if node.is_dir()
+                && let Some((parent, _)) = key.split_last()
+            {
+                *subdirs.entry(parent).or_default() += 1;
+            }
+        }
         let mut parts = Vec::new();
         let mut writer = ArchiveWriter::new();
         let mut ino = 0u32;
@@ -340,7 +349,12 @@ impl Tree {
         let mut group_ino: HashMap<u32, (u32, u32)> = HashMap::new();
         for (key, node) in plain {
             ino += 1;
-            writer.add(&self.entry(key, node, ino, 1, node.data.clone(), opts))?;
+            let nlink = if node.is_dir() {
+                2 + subdirs.get(key).copied().unwrap_or(0)
+            } else {
+                1
+            };
+            writer.add(&self.entry(key, node, ino, nlink, node.data.clone(), opts))?;
             if writer.len() >= opts.part_size {
                 parts.push(std::mem::take(&mut writer).finish());
             }
@@ -377,7 +391,6 @@ impl Tree {
         opts: &WriteOptions,
     ) -> Entry {
         let kind = node.file_type();
-        let nlink = if kind == FileType::Dir { 2 } else { nlink };
         let (rdev_major, rdev_minor) = match kind {
             FileType::Char | FileType::Block => (node.rdev_major, node.rdev_minor),
             _ => (0, 0),

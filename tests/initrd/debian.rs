@@ -198,3 +198,100 @@ fn repack_with_one_added_file_keeps_everything_else() {
         );
     }
 }
+
+/// Entries of `kiln initrd ls --json` by path (segments merged, later wins), with
+/// the metadata a repack must keep.
+fn entries_by_path(img: &Path) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let ls = kiln(&[
+        "initrd".as_ref(),
+        "ls".as_ref(),
+        "--json".as_ref(),
+        img.as_os_str(),
+    ]);
+    let mut out = std::collections::BTreeMap::new();
+    for seg in ls.json()["segments"].as_array().unwrap() {
+        for e in seg["entries"].as_array().unwrap() {
+            let path = e["path"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("./")
+                .to_string();
+            let mut kept = e.clone();
+            // Inode numbers are renumbered by design.
+            kept.as_object_mut().unwrap().remove("ino");
+            out.insert(path, kept);
+        }
+    }
+    out
+}
+
+#[test]
+fn adding_a_module_keeps_every_other_entry_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = debian_initrd();
+    let version = input
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("initrd.img-")
+        .to_string();
+    let before = entries_by_path(&input);
+    let module = format!("usr/lib/modules/{version}/kernel/drivers/net/dummy.ko");
+    assert!(
+        !before.contains_key(&module),
+        "{module} already in the initrd"
+    );
+
+    let out = tmp.path().join("added.img");
+    kiln(&[
+        "initrd".as_ref(),
+        "add".as_ref(),
+        input.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--module".as_ref(),
+        "dummy".as_ref(),
+        "--kernel-version".as_ref(),
+        version.as_ref(),
+    ])
+    .assert_ok();
+    let after = entries_by_path(&out);
+
+    // The module is there (through the merged-/usr /lib link) and modprobe's
+    // index now names it; nothing else changed but the regenerated indexes.
+    assert!(after.contains_key(&module), "{module} missing after add");
+    let index_prefix = format!("usr/lib/modules/{version}/modules.");
+    for (path, entry) in &before {
+        if path.starts_with(&index_prefix) {
+            continue;
+        }
+        // Directories gaining a child keep their metadata too.
+        assert_eq!(after.get(path), Some(entry), "{path} changed");
+    }
+    let new: Vec<&String> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+    assert!(
+        new.iter()
+            .all(|p| p.starts_with(&format!("usr/lib/modules/{version}/"))),
+        "unexpected new entries: {new:?}"
+    );
+    // kmod inside the initrd must find the module: check the text index.
+    let extracted = tmp.path().join("x");
+    kiln(&[
+        "initrd".as_ref(),
+        "extract".as_ref(),
+        out.as_os_str(),
+        extracted.as_os_str(),
+    ]);
+    let dep = fs::read_to_string(extracted.join(format!("usr/lib/modules/{version}/modules.dep")))
+        .unwrap();
+    assert!(
+        dep.lines()
+            .any(|l| l.starts_with("kernel/drivers/net/dummy.ko:")),
+        "modules.dep does not list dummy"
+    );
+    let listed = lsinitramfs(&out);
+    assert!(
+        listed.contains(&module),
+        "lsinitramfs does not see {module}"
+    );
+}

@@ -24,7 +24,8 @@ pub const GZIP_LEVEL: u32 = 6;
 const GZIP_CHUNK: usize = 1 << 20;
 /// Deflate's window: how much of the previous chunk primes the next one.
 const DEFLATE_WINDOW: usize = 32 << 10;
-pub const ZSTD_LEVEL: i32 = 12;
+/// zstd's own default level, as `zstd -T0` uses.
+pub const ZSTD_LEVEL: i32 = 3;
 pub const XZ_PRESET: u32 = 6;
 /// xz block size; fixed so the output does not depend on the thread count.
 const XZ_BLOCK: u64 = 8 << 20;

@@ -31,6 +31,12 @@ enum Command {
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
 pub fn main() -> ExitCode {
     crate::util::interrupt::install();
+    // `kiln initrd ls | head`: a closed pipe ends the output quietly, as with
+    // other Unix tools, instead of a panic in println!.
+    // SAFETY: restoring the default disposition of a signal is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),

@@ -7,6 +7,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::elfparse::{Elf, ParseError};
+use crate::format::pkgarchive::{Compression, decoder};
 
 /// Largest decompressed module accepted (the biggest real ones are ~20 MiB).
 const MAX_MODULE: u64 = 512 << 20;
@@ -66,50 +67,28 @@ pub fn decompressed(path: &Path) -> Result<Vec<u8>, ModinfoError> {
     };
     let f = BufReader::new(File::open(path).map_err(io_err)?);
     let name = path.to_string_lossy();
-    let mut out = Vec::new();
-    if name.ends_with(".xz") {
-        let mut limited = f.take(MAX_MODULE + 1);
-        let mut w = LimitedVec(&mut out);
-        lzma_rs::xz_decompress(&mut limited, &mut w).map_err(|e| {
-            io_err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("xz: {e}"),
-            ))
-        })?;
+    let compression = if name.ends_with(".xz") {
+        Compression::Xz
+    } else if name.ends_with(".zst") {
+        Compression::Zstd
+    } else if name.ends_with(".gz") {
+        Compression::Gzip
     } else {
-        let r: Box<dyn Read> = if name.ends_with(".zst") {
-            Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(io_err)?)
-        } else if name.ends_with(".gz") {
-            Box::new(flate2::bufread::GzDecoder::new(f))
-        } else {
-            Box::new(f)
-        };
-        r.take(MAX_MODULE + 1)
-            .read_to_end(&mut out)
-            .map_err(io_err)?;
-    }
+        Compression::None
+    };
+    // The take() bounds what a hostile module can expand to; TooLarge below names it.
+    let mut out = Vec::new();
+    decoder(compression, f, u64::MAX)
+        .map_err(io_err)?
+        .take(MAX_MODULE + 1)
+        .read_to_end(&mut out)
+        .map_err(io_err)?;
     if out.len() as u64 > MAX_MODULE {
         return Err(ModinfoError::TooLarge {
             path: path.to_path_buf(),
         });
     }
     Ok(out)
-}
-
-/// A Vec writer that refuses to grow past `MAX_MODULE` (xz can expand a lot).
-struct LimitedVec<'a>(&'a mut Vec<u8>);
-
-impl io::Write for LimitedVec<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.0.len() as u64 + buf.len() as u64 > MAX_MODULE + 1 {
-            return Err(io::Error::other("decompressed module too large"));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The name a module is known by: its file name without `.ko[.xz|.zst|.gz]`,

@@ -277,7 +277,8 @@ fn compressed_modules() {
         let bytes = fs::read(src.join(m)).unwrap();
         let (suffix, data) = if i % 2 == 0 {
             let mut out = Vec::new();
-            lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
+            std::io::Read::read_to_end(&mut liblzma::read::XzEncoder::new(&bytes[..], 6), &mut out)
+                .unwrap();
             (".xz", out)
         } else {
             (".zst", zstd::encode_all(&bytes[..], 3).unwrap())

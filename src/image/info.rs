@@ -83,17 +83,10 @@ pub fn image_info(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo,
         Ok(table) => info.partitions = table,
         Err(e) => info.partition_error = Some(e.to_string()),
     }
-    if format == ImageFormat::Qcow2 {
-        // Open again with the concrete type for the qcow2-only details.
-        let file = std::fs::File::open(path).map_err(|source| FormatError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let q = Qcow2Image::open_path(path, file).map_err(|source| FormatError::Qcow2 {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        describe_qcow2(&q, &mut info).map_err(|source| FormatError::Qcow2 {
+    // The qcow2-only details come from the image already open, not a second open.
+    let any: &dyn std::any::Any = image.as_ref();
+    if let Some(q) = any.downcast_ref::<Qcow2Image>() {
+        describe_qcow2(q, &mut info).map_err(|source| FormatError::Qcow2 {
             path: path.to_path_buf(),
             source,
         })?;

@@ -3,12 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::repack::{Edits, RepackOptions, repack};
+use super::repack::{Edits, RepackOptions, repack_into};
 use std::collections::HashSet;
 
-use super::{InitrdError, Staged, StagedKind, io_err, list, read_initrd};
+use super::{InitrdError, Staged, StagedKind, list, read_initrd};
 use crate::format::cpio::FileType;
-use crate::util::atomic_file::AtomicFile;
 
 /// What to add. Paths on the host; `sysroot` is where programs and firmware are
 /// looked up ("/" normally).
@@ -123,10 +122,7 @@ pub fn add(
         remove: Vec::new(),
         add: staged,
     };
-    let bytes = repack(&initrd, &edits, opts)?;
-    let out = AtomicFile::create(output).map_err(io_err(output))?;
-    std::io::Write::write_all(&mut out.file(), &bytes).map_err(io_err(output))?;
-    out.commit().map_err(io_err(output))?;
+    super::pack::write_output(output, |sink| repack_into(&initrd, &edits, opts, sink))?;
     Ok(report)
 }
 

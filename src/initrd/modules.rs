@@ -423,13 +423,11 @@ fn regenerate_indexes(
     kernel: &str,
     modules: &[String],
 ) -> Result<Vec<(String, Vec<u8>)>, ModuleError> {
+    let base = scratch_base();
     let scratch = tempfile::Builder::new()
         .prefix("kiln-depmod-")
-        .tempdir()
-        .map_err(|source| ModuleError::Read {
-            path: std::env::temp_dir(),
-            source,
-        })?;
+        .tempdir_in(&base)
+        .map_err(|source| ModuleError::Read { path: base, source })?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ModuleError::Read { path, source }
@@ -495,6 +493,23 @@ fn regenerate_indexes(
     }
     files.sort();
     Ok(files)
+}
+
+/// Where the scratch tree goes: TMPDIR when the user chose one, else a memory
+/// filesystem, where creating a few thousand links and directories costs next to
+/// nothing (on ext4 it took a fifth of `kiln initrd add`).
+fn scratch_base() -> PathBuf {
+    if std::env::var_os("TMPDIR").is_none() {
+        let shm = Path::new("/dev/shm");
+        let writable = std::ffi::CString::new("/dev/shm")
+            // SAFETY: `c` is a NUL-terminated path that lives through the call.
+            .map(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0)
+            .unwrap_or(false);
+        if shm.is_dir() && writable {
+            return shm.to_path_buf();
+        }
+    }
+    std::env::temp_dir()
 }
 
 fn find_depmod() -> Option<PathBuf> {

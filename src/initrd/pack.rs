@@ -1,21 +1,19 @@
 //! `kiln initrd pack`: build an initramfs from a directory tree.
 
 use std::collections::HashMap;
-use std::fs::{self, Metadata};
-use std::io::Read;
+use std::fs::{self, File, Metadata};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::tree::{Node, PathKey, Tree, WriteOptions};
+use super::tree::{Node, PathKey, Tree, WriteOptions, archive_len, write_entries};
 use super::{InitrdError, io_err};
-use crate::format::cpio::{Blob, FileType};
-use crate::format::initrd::{self, Compression};
+use crate::format::cpio::{Blob, CpioError, FileType};
+use crate::format::initrd::{self, Compression, SegmentEncoder};
 use crate::util::atomic_file::AtomicFile;
-use crate::util::{interrupt, progress};
-
-/// Uncompressed size of each gzip member (each a complete cpio archive), so that
-/// gzip output is compressed in parallel yet does not depend on the thread count.
+use crate::util::interrupt;
+use crate::util::progress::{self, ProgressWriter};
 
 #[derive(Debug, Clone)]
 pub struct PackOptions {
@@ -29,50 +27,68 @@ pub struct PackOptions {
     pub progress: bool,
 }
 
+/// Output buffer: large writes keep the syscall count low while compressors hand
+/// over their output in pieces of about 128 KiB.
+const OUTPUT_BUFFER: usize = 1 << 20;
+
 /// Pack `dir` into the initramfs `out` (which appears only when complete).
 pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<(), InitrdError> {
     if !opts.compression.writable() {
         return Err(initrd::InitrdFormatError::NotWritable(opts.compression).into());
     }
-    let mut bytes = Vec::new();
-    if let Some(early) = &opts.early {
-        let tree = tree_from_dir(early, opts.mtime_clamp)?;
-        bytes = encode_tree(&tree, Compression::None, opts.mtime_clamp, false)?;
-    }
+    let early = match &opts.early {
+        Some(early) => Some(tree_from_dir(early, opts.mtime_clamp)?),
+        None => None,
+    };
     let tree = tree_from_dir(dir, opts.mtime_clamp)?;
-    bytes.extend(encode_tree(
-        &tree,
-        opts.compression,
-        opts.mtime_clamp,
-        opts.progress,
-    )?);
-    write_output(out, &bytes)
+    write_output(out, |mut sink| {
+        if let Some(early) = &early {
+            sink = write_segment(early, Compression::None, opts.mtime_clamp, false, sink)?;
+        }
+        write_segment(
+            &tree,
+            opts.compression,
+            opts.mtime_clamp,
+            opts.progress,
+            sink,
+        )
+    })
 }
 
-/// Write `tree` as one segment: archives (split for gzip) then compression.
-pub fn encode_tree(
+/// Write `tree` as one segment (one archive, compressed) into `sink`.
+pub fn write_segment<W: Write>(
     tree: &Tree,
     compression: Compression,
     mtime_clamp: Option<u32>,
     show_progress: bool,
-) -> Result<Vec<u8>, InitrdError> {
-    let parts = tree.write_archives(&WriteOptions {
-        mtime_clamp,
-        part_size: usize::MAX,
-    })?;
-    let total: usize = parts.iter().map(Vec::len).sum();
-    let bar = progress::bytes_bar(total as u64, show_progress);
-    let out = initrd::compress(&parts, compression, &|n| bar.inc(n))?;
-    bar.finish_and_clear();
-    Ok(out)
+    sink: W,
+) -> Result<W, InitrdError> {
+    let entries = tree.archive_entries(&WriteOptions { mtime_clamp });
+    let len = archive_len(&entries);
+    let encoder = SegmentEncoder::new(compression, sink, Some(len))?;
+    let counted = ProgressWriter::new(encoder, progress::bytes_bar(len, show_progress));
+    let counted = write_entries(&entries, counted)?;
+    Ok(counted.finish().finish()?)
 }
 
-/// Write `bytes` to `out` through an [`AtomicFile`].
-pub(crate) fn write_output(out: &Path, bytes: &[u8]) -> Result<(), InitrdError> {
-    use std::io::Write;
+/// Create `out` through an [`AtomicFile`], let `fill` write it, and give it its
+/// name only when `fill` succeeded.
+pub(crate) fn write_output<F>(out: &Path, fill: F) -> Result<(), InitrdError>
+where
+    F: FnOnce(BufWriter<&File>) -> Result<BufWriter<&File>, InitrdError>,
+{
     let file = AtomicFile::create(out).map_err(io_err(out))?;
-    file.file().write_all(bytes).map_err(io_err(out))?;
-    file.file().sync_all().map_err(io_err(out))?;
+    let sink = BufWriter::with_capacity(OUTPUT_BUFFER, file.file());
+    let mut sink = fill(sink).map_err(|e| match e {
+        // A failing sink is this file's problem: name it.
+        InitrdError::Cpio(CpioError::Write(source)) => InitrdError::Io {
+            path: out.to_path_buf(),
+            source,
+        },
+        other => other,
+    })?;
+    sink.flush().map_err(io_err(out))?;
+    drop(sink);
     file.commit().map_err(io_err(out))
 }
 
@@ -80,7 +96,7 @@ pub(crate) fn write_output(out: &Path, bytes: &[u8]) -> Result<(), InitrdError> 
 /// device numbers and hard links. Mtimes are clamped to `mtime_clamp` first.
 pub fn tree_from_dir(dir: &Path, mtime_clamp: Option<u32>) -> Result<Tree, InitrdError> {
     let mut tree = Tree::new();
-    let mut links: HashMap<(u64, u64), u32> = HashMap::new();
+    let mut links: HashMap<(u64, u64), (u32, Blob)> = HashMap::new();
     let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
     if !meta.is_dir() {
         return Err(InitrdError::Io {
@@ -101,8 +117,16 @@ pub fn tree_from_dir(dir: &Path, mtime_clamp: Option<u32>) -> Result<Tree, Initr
             let child_key = key.join(entry.file_name().as_bytes());
             let meta = fs::symlink_metadata(&child).map_err(io_err(&child))?;
             let kind = FileType::from_mode(meta.mode());
+            let linked = kind == FileType::File && meta.nlink() > 1;
+            let inode = (meta.dev(), meta.ino());
+            // Hard links share one inode: read its data once (a busybox with 300
+            // applet links would otherwise be read 300 times).
+            let known = links.get(&inode).filter(|_| linked).cloned();
             let data = match kind {
-                FileType::File => read_file(&child, &meta)?,
+                FileType::File => match &known {
+                    Some((_, data)) => data.clone(),
+                    None => read_file(&child, &meta)?,
+                },
                 FileType::Symlink => Blob::new(
                     fs::read_link(&child)
                         .map_err(io_err(&child))?
@@ -113,11 +137,11 @@ pub fn tree_from_dir(dir: &Path, mtime_clamp: Option<u32>) -> Result<Tree, Initr
                 _ => Blob::default(),
             };
             let mut node = node_from(&child, &meta, mtime_clamp, data)?;
-            if kind == FileType::File && meta.nlink() > 1 {
-                let group = *links
-                    .entry((meta.dev(), meta.ino()))
-                    .or_insert_with(|| tree.new_link_group());
-                node.link = Some(group);
+            if linked {
+                let (group, _) = links
+                    .entry(inode)
+                    .or_insert_with(|| (tree.new_link_group(), node.data.clone()));
+                node.link = Some(*group);
             }
             if kind == FileType::Dir {
                 stack.push((child, child_key.clone()));

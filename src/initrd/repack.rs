@@ -7,9 +7,10 @@
 //! written as one segment with the compression of the first merged segment unless
 //! another is asked for.
 
+use std::io::Write;
 use std::path::Path;
 
-use super::pack::{encode_tree, write_output};
+use super::pack::{write_output, write_segment};
 use super::staging::{Content, Staged, StagedKind, normalize_guest_path};
 use super::tree::{Node, PathKey, Tree};
 use super::{InitrdError, io_err, list::read_initrd, now_mtime};
@@ -64,12 +65,13 @@ pub fn merged_tree(initrd: &Initrd, from: usize) -> (Tree, Vec<String>) {
     (tree, rejected)
 }
 
-/// Apply `edits` and return the new initramfs bytes.
-pub fn repack(
+/// Apply `edits` and stream the new initramfs into `sink`, which is handed back.
+pub fn repack_into<W: Write>(
     initrd: &Initrd,
     edits: &Edits,
     opts: &RepackOptions,
-) -> Result<Vec<u8>, InitrdError> {
+    mut sink: W,
+) -> Result<W, InitrdError> {
     let main = main_segment_index(initrd);
     let compression = opts
         .compression
@@ -128,31 +130,44 @@ pub fn repack(
     }
 
     let bytes: &[u8] = &initrd.bytes;
-    let mut out = Vec::with_capacity(bytes.len());
     // Bytes before the first segment (zero padding) are kept as they are.
-    out.extend_from_slice(&bytes[..initrd.segments[0].offset as usize]);
+    sink.write_all(&bytes[..initrd.segments[0].offset as usize])
+        .map_err(write_err)?;
+    let mut written = initrd.segments[0].offset;
     for (i, slot) in early.iter().enumerate() {
         let seg = &initrd.segments[i];
-        let next = initrd.segments[i + 1].offset as usize;
+        let next = initrd.segments[i + 1].offset;
         match slot {
             // Untouched: the segment and the padding after it, byte for byte.
-            None => out.extend_from_slice(&bytes[seg.offset as usize..next]),
+            None => {
+                sink.write_all(&bytes[seg.offset as usize..next as usize])
+                    .map_err(write_err)?;
+                written += next - seg.offset;
+            }
             Some(t) => {
-                out.extend(encode_tree(t, Compression::None, opts.mtime_clamp, false)?);
+                let mut counted = CountingWriter::new(sink);
+                counted = write_segment(t, Compression::None, opts.mtime_clamp, false, counted)?;
+                written += counted.count();
+                sink = counted.into_inner();
             }
         }
     }
     if compression == Compression::None {
         // A plain archive must start 4-aligned.
-        out.resize(out.len().next_multiple_of(4), 0);
+        let pad = written.next_multiple_of(4) - written;
+        sink.write_all(&[0u8; 3][..pad as usize])
+            .map_err(write_err)?;
     }
-    out.extend(encode_tree(
-        &tree,
-        compression,
-        opts.mtime_clamp,
-        opts.progress,
-    )?);
-    Ok(out)
+    write_segment(&tree, compression, opts.mtime_clamp, opts.progress, sink)
+}
+
+/// Apply `edits` and return the new initramfs bytes.
+pub fn repack(
+    initrd: &Initrd,
+    edits: &Edits,
+    opts: &RepackOptions,
+) -> Result<Vec<u8>, InitrdError> {
+    repack_into(initrd, edits, opts, Vec::new())
 }
 
 /// Read `input`, apply `edits`, write `output` (which appears only when complete).
@@ -163,8 +178,7 @@ pub fn repack_file(
     opts: &RepackOptions,
 ) -> Result<(), InitrdError> {
     let initrd = read_initrd(input)?;
-    let bytes = repack(&initrd, edits, opts)?;
-    write_output(output, &bytes)
+    write_output(output, |sink| repack_into(&initrd, edits, opts, sink))
 }
 
 /// `kiln initrd rm`: remove `paths` (directories recursively).
@@ -179,6 +193,42 @@ pub fn rm(
         add: Vec::new(),
     };
     repack_file(input, output, &edits, opts)
+}
+
+fn write_err(e: std::io::Error) -> InitrdError {
+    InitrdError::Cpio(crate::format::cpio::CpioError::Write(e))
+}
+
+/// Counts the bytes written through it (to keep later segments aligned).
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> CountingWriter<W> {
+    fn new(inner: W) -> Self {
+        CountingWriter { inner, count: 0 }
+    }
+
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Guest paths may be given relative to the initramfs root.
@@ -279,7 +329,7 @@ mod tests {
             })
             .unwrap();
         }
-        w.finish()
+        w.finish().unwrap()
     }
 
     fn image() -> Vec<u8> {
@@ -292,7 +342,7 @@ mod tests {
             ("usr/lib/a.so", 0o100755, b"a"),
             ("etc", 0o40755, b""),
         ]);
-        bytes.extend(crate::format::initrd::compress(&[main], Compression::Gzip, &|_| {}).unwrap());
+        bytes.extend(crate::format::initrd::compress(&main, Compression::Gzip).unwrap());
         bytes
     }
 

@@ -5,9 +5,11 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 
 use super::InitrdError;
-use crate::format::cpio::{self, ArchiveWriter, Blob, CpioError, Entry, FileType};
+use crate::format::cpio::{self, ArchiveWriter, Blob, Entry, FileType};
+use crate::util::interrupt;
 
 /// A normalized relative path ("" is the root) ordered component by component.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -157,9 +159,25 @@ type LinkGroup = (u32, Vec<PathKey>, Blob);
 pub struct WriteOptions {
     /// Clamp every mtime to at most this (SOURCE_DATE_EPOCH).
     pub mtime_clamp: Option<u32>,
-    /// Start a new archive once one holds this many bytes (`usize::MAX`: one archive).
-    /// Hard-link groups always stay in one archive.
-    pub part_size: usize,
+}
+
+/// Write `entries` as one archive into `sink`, stopping at an interrupt.
+pub fn write_entries<W: Write>(entries: &[Entry], sink: W) -> Result<W, InitrdError> {
+    let mut writer = ArchiveWriter::to(sink);
+    for entry in entries {
+        interrupt::check()?;
+        writer.add(entry)?;
+    }
+    Ok(writer.finish()?)
+}
+
+/// Bytes `entries` take as one archive, trailer included.
+pub fn archive_len(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| cpio::entry_len(e.name.len(), e.data.len()))
+        .sum::<u64>()
+        + cpio::trailer_len()
 }
 
 /// The unpacked view of an initramfs or a directory.
@@ -318,11 +336,12 @@ impl Tree {
         Ok(resolved)
     }
 
-    /// Write the tree as newc archives: sorted (parents before children), inodes
-    /// renumbered from 1 (a hard-link group shares one number, its data stored with
-    /// the last member as GNU cpio does), device numbers zero, mtimes clamped.
-    /// Hard-linked files go at the end of the last archive, after every directory.
-    pub fn write_archives(&self, opts: &WriteOptions) -> Result<Vec<Vec<u8>>, CpioError> {
+    /// The tree as newc entries in archive order: sorted (parents before children),
+    /// inodes renumbered from 1 (a hard-link group shares one number, its data stored
+    /// with the last member as GNU cpio does), device numbers zero, mtimes clamped.
+    /// Hard-linked files go at the end, after every directory. Data is shared, not
+    /// copied.
+    pub fn archive_entries(&self, opts: &WriteOptions) -> Vec<Entry> {
         let mut group_size: HashMap<u32, u32> = HashMap::new();
         for node in self.nodes.values() {
             if let Some(g) = node.link {
@@ -342,8 +361,7 @@ impl Tree {
                 *subdirs.entry(parent).or_default() += 1;
             }
         }
-        let mut parts = Vec::new();
-        let mut writer = ArchiveWriter::new();
+        let mut entries = Vec::with_capacity(self.nodes.len());
         let mut ino = 0u32;
         // group -> (inode, members left to write)
         let mut group_ino: HashMap<u32, (u32, u32)> = HashMap::new();
@@ -354,10 +372,7 @@ impl Tree {
             } else {
                 1
             };
-            writer.add(&self.entry(key, node, ino, nlink, node.data.clone(), opts))?;
-            if writer.len() >= opts.part_size {
-                parts.push(std::mem::take(&mut writer).finish());
-            }
+            entries.push(self.entry(key, node, ino, nlink, node.data.clone(), opts));
         }
         for (key, node) in links {
             let Some(g) = node.link else { continue };
@@ -373,12 +388,15 @@ impl Tree {
                 Blob::default()
             };
             let inode = *inode;
-            writer.add(&self.entry(key, node, inode, size, data, opts))?;
+            entries.push(self.entry(key, node, inode, size, data, opts));
         }
-        if !writer.is_empty() || parts.is_empty() {
-            parts.push(writer.finish());
-        }
-        Ok(parts)
+        entries
+    }
+
+    /// Write the tree as one newc archive (see [`Tree::archive_entries`]) into
+    /// `sink`, which is handed back.
+    pub fn write_archive<W: Write>(&self, opts: &WriteOptions, sink: W) -> Result<W, InitrdError> {
+        write_entries(&self.archive_entries(opts), sink)
     }
 
     fn entry(
@@ -499,24 +517,25 @@ mod tests {
                 ..file(b"same")
             },
         );
-        let parts = t
-            .write_archives(&WriteOptions {
-                mtime_clamp: Some(50),
-                part_size: 1,
-            })
-            .unwrap();
-        // "b" fills the first part; the link group stays together in the last one.
-        assert_eq!(parts.len(), 2);
-        let last = cpio::read_archive(&Blob::new(parts[1].clone()), 0).unwrap();
-        let names: Vec<_> = last.entries.iter().map(|e| e.name_lossy()).collect();
-        assert_eq!(names, ["a", "c"]);
-        assert_eq!(last.entries[0].ino, last.entries[1].ino);
-        assert_eq!(last.entries[0].nlink, 2);
-        assert!(last.entries[0].data.is_empty());
-        assert_eq!(&*last.entries[1].data, b"same");
-        assert_eq!(last.entries[1].mtime, 50);
+        let opts = WriteOptions {
+            mtime_clamp: Some(50),
+        };
+        let entries = t.archive_entries(&opts);
+        let bytes = t.write_archive(&opts, Vec::new()).unwrap();
+        assert_eq!(archive_len(&entries), bytes.len() as u64);
+        let archive = cpio::read_archive(&Blob::new(bytes), 0).unwrap();
+        let names: Vec<_> = archive.entries.iter().map(|e| e.name_lossy()).collect();
+        // The link group comes after everything else.
+        assert_eq!(names, ["b", "a", "c"]);
+        let last = &archive.entries[1..];
+        assert_eq!(last[0].ino, last[1].ino);
+        assert_ne!(last[0].ino, archive.entries[0].ino);
+        assert_eq!(last[0].nlink, 2);
+        assert!(last[0].data.is_empty());
+        assert_eq!(&*last[1].data, b"same");
+        assert_eq!(last[1].mtime, 50);
         let mut back = Tree::new();
-        back.add_archive_entries(&last.entries, &[0]);
+        back.add_archive_entries(last, &[0]);
         assert_eq!(&*back.nodes[&key("a")].data, b"same");
     }
 

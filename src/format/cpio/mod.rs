@@ -18,7 +18,7 @@ mod writer;
 pub use blob::Blob;
 pub use entry::{Entry, FileType, mode_string};
 pub use reader::{Archive, read_archive};
-pub use writer::ArchiveWriter;
+pub use writer::{ArchiveWriter, entry_len, trailer_len};
 
 /// Magic of newc headers without checksum.
 pub const MAGIC_NEWC: &[u8; 6] = b"070701";
@@ -67,6 +67,8 @@ pub enum CpioError {
     },
     #[error("{name:?}: a cpio entry name must not contain a NUL byte or be empty")]
     NameNotStorable { name: String },
+    #[error("writing the cpio archive: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 /// Round `n` up to a multiple of 4.

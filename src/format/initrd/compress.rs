@@ -1,5 +1,5 @@
-//! Compressing cpio archives into an initramfs segment, using every core while the
-//! output stays independent of the number of threads:
+//! Compressing cpio archives into an initramfs segment as a stream, using every
+//! core while the output stays independent of the number of threads:
 //!
 //! * gzip: one member whose deflate stream is cut into fixed 1 MiB chunks that are
 //!   compressed in parallel, each primed with the 32 KiB before it and ended on a
@@ -9,128 +9,275 @@
 //!   worker count once there is at least one worker);
 //! * xz: one stream of fixed-size blocks from liblzma's multi-threaded encoder
 //!   (CRC32 check, which every kernel's xz decoder supports).
+//!
+//! [`SegmentEncoder`] is a `Write` adaptor: callers stream the archive into it and
+//! the compressed bytes go on to the sink, so neither the archive nor the segment
+//! is ever held in memory whole.
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use rayon::prelude::*;
 
 use super::{Compression, InitrdFormatError};
-use crate::util::interrupt;
 
 /// gzip's own default level: what `find | cpio | gzip` users get today.
 pub const GZIP_LEVEL: u32 = 6;
 /// Uncompressed bytes per parallel deflate chunk; fixed so the output does not
 /// depend on the thread count.
 const GZIP_CHUNK: usize = 1 << 20;
+/// Chunks compressed together; bounds memory (and is not visible in the output).
+const GZIP_BATCH: usize = 16;
 /// Deflate's window: how much of the previous chunk primes the next one.
 const DEFLATE_WINDOW: usize = 32 << 10;
 /// zstd's own default level, as `zstd -T0` uses.
 pub const ZSTD_LEVEL: i32 = 3;
+/// Overlap between zstd's parallel jobs, as a fraction of the window (zstd's
+/// overlapLog: 1 = none ... 9 = the whole window). A quarter window keeps the
+/// ratio of a single-threaded stream on initramfs content while each job hashes
+/// far less of its predecessor than zstd's default for level 3 does.
+const ZSTD_OVERLAP_LOG: u32 = 5;
 pub const XZ_PRESET: u32 = 6;
 /// xz block size; fixed so the output does not depend on the thread count.
 const XZ_BLOCK: u64 = 8 << 20;
-/// Progress and interruption are checked after each chunk of this size.
-const CHUNK: usize = 1 << 20;
 
-/// Compress `parts` (each a complete cpio archive) into one segment. With gzip each
-/// part becomes a separate member; the other compressions treat the parts as one
-/// byte stream. `progress` is told how many uncompressed bytes were consumed.
-pub fn compress(
-    parts: &[Vec<u8>],
+/// Streams uncompressed cpio bytes in, compressed segment bytes out to `W`.
+pub struct SegmentEncoder<W: Write> {
     compression: Compression,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<u8>, InitrdFormatError> {
-    let err = |e: std::io::Error| InitrdFormatError::Compress {
-        compression,
-        message: e.to_string(),
-    };
-    let total: usize = parts.iter().map(Vec::len).sum();
-    match compression {
-        Compression::None => {
-            let mut out = Vec::with_capacity(total);
-            for p in parts {
-                out.extend_from_slice(p);
-                progress(p.len() as u64);
+    inner: Inner<W>,
+}
+
+enum Inner<W: Write> {
+    Plain(W),
+    Gzip(Box<ParallelGzip<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Xz(liblzma::write::XzEncoder<W>),
+}
+
+impl<W: Write> SegmentEncoder<W> {
+    /// `size`, when known, is the exact number of bytes that will be written; zstd
+    /// records it in the frame header and sizes its tables from it.
+    pub fn new(
+        compression: Compression,
+        sink: W,
+        size: Option<u64>,
+    ) -> Result<Self, InitrdFormatError> {
+        let err = |e: io::Error| InitrdFormatError::Compress {
+            compression,
+            message: e.to_string(),
+        };
+        let threads = rayon::current_num_threads().clamp(1, 64) as u32;
+        let inner = match compression {
+            Compression::None => Inner::Plain(sink),
+            Compression::Gzip => Inner::Gzip(Box::new(ParallelGzip::new(sink))),
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL).map_err(err)?;
+                enc.multithread(threads).map_err(err)?;
+                enc.set_parameter(zstd::stream::raw::CParameter::OverlapSizeLog(
+                    ZSTD_OVERLAP_LOG,
+                ))
+                .map_err(err)?;
+                enc.include_checksum(true).map_err(err)?;
+                enc.set_pledged_src_size(size).map_err(err)?;
+                Inner::Zstd(enc)
             }
-            Ok(out)
-        }
-        Compression::Gzip => {
-            let data = parts.concat();
-            gzip_parallel(&data, progress).map_err(|e| wrap(e, compression))
-        }
-        Compression::Zstd => {
-            let workers = rayon::current_num_threads().clamp(1, 64) as u32;
-            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(err)?;
-            enc.multithread(workers).map_err(err)?;
-            enc.include_checksum(true).map_err(err)?;
-            enc.set_pledged_src_size(Some(total as u64)).map_err(err)?;
-            for part in parts {
-                feed(&mut enc, part, progress).map_err(|e| wrap(e, compression))?;
+            Compression::Xz => {
+                let stream = liblzma::stream::MtStreamBuilder::new()
+                    .threads(threads)
+                    .block_size(XZ_BLOCK)
+                    .preset(XZ_PRESET)
+                    .check(liblzma::stream::Check::Crc32)
+                    .encoder()
+                    .map_err(|e| err(io::Error::other(e)))?;
+                Inner::Xz(liblzma::write::XzEncoder::new_stream(sink, stream))
             }
-            enc.finish().map_err(err)
-        }
-        Compression::Xz => {
-            let threads = rayon::current_num_threads().clamp(1, 64) as u32;
-            let stream = liblzma::stream::MtStreamBuilder::new()
-                .threads(threads)
-                .block_size(XZ_BLOCK)
-                .preset(XZ_PRESET)
-                .check(liblzma::stream::Check::Crc32)
-                .encoder()
-                .map_err(|e| InitrdFormatError::Compress {
-                    compression,
-                    message: e.to_string(),
-                })?;
-            let mut enc = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-            for part in parts {
-                feed(&mut enc, part, progress).map_err(|e| wrap(e, compression))?;
+            Compression::Lz4 | Compression::Bzip2 => {
+                return Err(InitrdFormatError::NotWritable(compression));
             }
-            enc.finish().map_err(err)
+        };
+        Ok(SegmentEncoder { compression, inner })
+    }
+
+    /// End the compressed stream and return the sink.
+    pub fn finish(self) -> Result<W, InitrdFormatError> {
+        let compression = self.compression;
+        let err = |e: io::Error| InitrdFormatError::Compress {
+            compression,
+            message: e.to_string(),
+        };
+        match self.inner {
+            Inner::Plain(mut w) => {
+                w.flush().map_err(err)?;
+                Ok(w)
+            }
+            Inner::Gzip(g) => g.finish().map_err(err),
+            Inner::Zstd(z) => z.finish().map_err(err),
+            Inner::Xz(x) => x.finish().map_err(err),
         }
-        Compression::Lz4 | Compression::Bzip2 => Err(InitrdFormatError::NotWritable(compression)),
     }
 }
 
-/// One gzip member of `data`, its deflate chunks compressed in parallel.
-fn gzip_parallel(data: &[u8], progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<u8>, FeedError> {
-    let chunks: Vec<(usize, &[u8])> = data.chunks(GZIP_CHUNK).enumerate().collect();
-    let last = chunks.len().saturating_sub(1);
-    let deflated = chunks
-        .par_iter()
-        .map(|&(i, chunk)| {
-            interrupt::check().map_err(FeedError::Interrupted)?;
-            let start = i * GZIP_CHUNK;
-            let dictionary = &data[start.saturating_sub(DEFLATE_WINDOW)..start];
-            let out = deflate_chunk(chunk, dictionary, i == last).map_err(FeedError::Io)?;
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(chunk);
-            progress(chunk.len() as u64);
-            Ok((out, crc))
-        })
-        .collect::<Result<Vec<_>, FeedError>>()?;
-    // Header: deflate, no name, mtime 0 (reproducible), Unix.
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    let mut crc = crc32fast::Hasher::new();
-    if deflated.is_empty() {
-        out.extend(deflate_chunk(&[], &[], true).map_err(FeedError::Io)?);
+impl<W: Write> Write for SegmentEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Plain(w) => w.write(buf),
+            Inner::Gzip(g) => g.write(buf),
+            Inner::Zstd(z) => z.write(buf),
+            Inner::Xz(x) => x.write(buf),
+        }
     }
-    for (bytes, chunk_crc) in deflated {
-        out.extend_from_slice(&bytes);
-        crc.combine(&chunk_crc);
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::Plain(w) => w.write_all(buf),
+            Inner::Gzip(g) => g.write_all(buf),
+            Inner::Zstd(z) => z.write_all(buf),
+            Inner::Xz(x) => x.write_all(buf),
+        }
     }
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    Ok(out)
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compress `data` into one segment in memory.
+pub fn compress(data: &[u8], compression: Compression) -> Result<Vec<u8>, InitrdFormatError> {
+    let mut enc = SegmentEncoder::new(compression, Vec::new(), Some(data.len() as u64))?;
+    enc.write_all(data)
+        .map_err(|e| InitrdFormatError::Compress {
+            compression,
+            message: e.to_string(),
+        })?;
+    enc.finish()
+}
+
+/// One gzip member, its deflate chunks compressed in parallel batches.
+struct ParallelGzip<W: Write> {
+    sink: W,
+    /// Full chunks waiting for the next batch, and the chunk being filled (last).
+    chunks: Vec<Vec<u8>>,
+    /// The last 32 KiB before `chunks[0]`.
+    dictionary: Vec<u8>,
+    crc: crc32fast::Hasher,
+    total: u64,
+    /// Chunk buffers to reuse (their pages are already mapped).
+    spare: Vec<Vec<u8>>,
+    header_written: bool,
+}
+
+/// gzip header: deflate, no name, mtime 0 (reproducible), Unix.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+
+impl<W: Write> ParallelGzip<W> {
+    fn new(sink: W) -> Self {
+        ParallelGzip {
+            sink,
+            header_written: false,
+            chunks: vec![Vec::with_capacity(GZIP_CHUNK)],
+            dictionary: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            total: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Compress every full chunk but the last one (which may be the end of the
+    /// stream and then needs the final block).
+    fn drain(&mut self, last: bool) -> io::Result<()> {
+        self.write_header_once()?;
+        let count = if last {
+            self.chunks.len()
+        } else {
+            self.chunks.len() - 1
+        };
+        let ready: Vec<Vec<u8>> = self.chunks.drain(..count).collect();
+        let dictionary = std::mem::take(&mut self.dictionary);
+        let outputs = ready
+            .par_iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let dict: &[u8] = if i == 0 {
+                    &dictionary
+                } else {
+                    let prev = &ready[i - 1];
+                    &prev[prev.len() - DEFLATE_WINDOW.min(prev.len())..]
+                };
+                let end = last && i + 1 == ready.len();
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(chunk);
+                deflate_chunk(chunk, dict, end).map(|bytes| (bytes, crc))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        for (bytes, crc) in outputs {
+            self.sink.write_all(&bytes)?;
+            self.crc.combine(&crc);
+        }
+        if let Some(prev) = ready.last() {
+            self.dictionary = prev[prev.len() - DEFLATE_WINDOW.min(prev.len())..].to_vec();
+        }
+        for mut buf in ready {
+            buf.clear();
+            self.spare.push(buf);
+        }
+        Ok(())
+    }
+
+    fn write_header_once(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            self.header_written = true;
+            self.sink.write_all(&GZIP_HEADER)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        // An empty stream still gets the header and one final (empty) block.
+        self.drain(true)?;
+        self.sink
+            .write_all(&self.crc.clone().finalize().to_le_bytes())?;
+        // ISIZE is the length modulo 2^32 (RFC 1952).
+        self.sink.write_all(&(self.total as u32).to_le_bytes())?;
+        self.sink.flush()?;
+        Ok(self.sink)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            let current = self.chunks.last_mut().expect("one chunk is always open");
+            let take = (GZIP_CHUNK - current.len()).min(buf.len());
+            current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            self.total += take as u64;
+            if current.len() == GZIP_CHUNK {
+                if self.chunks.len() > GZIP_BATCH {
+                    self.drain(false)?;
+                }
+                let next = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(GZIP_CHUNK));
+                self.chunks.push(next);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Raw deflate of one chunk, primed with `dictionary`; a sync flush ends every
 /// chunk but the last on a byte boundary so the pieces concatenate.
-fn deflate_chunk(chunk: &[u8], dictionary: &[u8], last: bool) -> std::io::Result<Vec<u8>> {
+fn deflate_chunk(chunk: &[u8], dictionary: &[u8], last: bool) -> io::Result<Vec<u8>> {
     use flate2::{Compress, FlushCompress, Status};
-    let io = |e: flate2::CompressError| std::io::Error::other(e.to_string());
+    let to_io = |e: flate2::CompressError| io::Error::other(e.to_string());
     let mut c = Compress::new(flate2::Compression::new(GZIP_LEVEL), false);
     if !dictionary.is_empty() {
-        c.set_dictionary(dictionary).map_err(io)?;
+        c.set_dictionary(dictionary).map_err(to_io)?;
     }
     let flush = if last {
         FlushCompress::Finish
@@ -145,7 +292,7 @@ fn deflate_chunk(chunk: &[u8], dictionary: &[u8], last: bool) -> std::io::Result
         }
         let status = c
             .compress_vec(&chunk[consumed..], &mut out, flush)
-            .map_err(io)?;
+            .map_err(to_io)?;
         let done_input = c.total_in() as usize == chunk.len();
         let room_left = out.len() < out.capacity();
         match status {
@@ -155,28 +302,4 @@ fn deflate_chunk(chunk: &[u8], dictionary: &[u8], last: bool) -> std::io::Result
         }
     }
     Ok(out)
-}
-
-enum FeedError {
-    Io(std::io::Error),
-    Interrupted(interrupt::Interrupted),
-}
-
-fn wrap(e: FeedError, compression: Compression) -> InitrdFormatError {
-    match e {
-        FeedError::Io(e) => InitrdFormatError::Compress {
-            compression,
-            message: e.to_string(),
-        },
-        FeedError::Interrupted(i) => InitrdFormatError::Interrupted(i),
-    }
-}
-
-fn feed(w: &mut impl Write, data: &[u8], progress: &(dyn Fn(u64) + Sync)) -> Result<(), FeedError> {
-    for chunk in data.chunks(CHUNK) {
-        interrupt::check().map_err(FeedError::Interrupted)?;
-        w.write_all(chunk).map_err(FeedError::Io)?;
-        progress(chunk.len() as u64);
-    }
-    Ok(())
 }

@@ -6,8 +6,9 @@
 //! [`Initrd::parse`] keeps the whole image in memory, finds where each compressed
 //! stream ends (bytes the decompressor consumed) so the following segment is found,
 //! and keeps every segment's raw bytes so an untouched segment can be written back
-//! byte-identical. [`compress`] writes gzip (several independent members, compressed
-//! in parallel), zstd (multi-threaded), xz (multi-threaded) or plain output.
+//! byte-identical. [`SegmentEncoder`] streams a segment out as gzip (one member whose
+//! deflate chunks are compressed in parallel), zstd (multi-threaded), xz
+//! (multi-threaded) or plain.
 
 mod compress;
 mod decompress;
@@ -16,7 +17,7 @@ use std::fmt;
 
 use super::cpio::{self, Blob, CpioError, Entry};
 
-pub use compress::{GZIP_LEVEL, XZ_PRESET, ZSTD_LEVEL, compress};
+pub use compress::{GZIP_LEVEL, SegmentEncoder, XZ_PRESET, ZSTD_LEVEL, compress};
 
 /// How a segment is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -14,7 +14,7 @@ fn archive(names: &[(&str, &[u8])]) -> Vec<u8> {
         })
         .unwrap();
     }
-    w.finish()
+    w.finish().unwrap()
 }
 
 fn names(seg: &Segment) -> Vec<String> {
@@ -50,7 +50,7 @@ fn segments_of_every_compression_with_padding() {
         vec!["kernel/x86/microcode/GenuineIntel.bin"],
     )];
     for c in [Compression::Gzip, Compression::Zstd, Compression::Xz] {
-        file.extend(compress(std::slice::from_ref(&main), c, &|_| {}).unwrap());
+        file.extend(compress(&main, c).unwrap());
         file.extend_from_slice(&[0; 3]);
         expect.push((c, vec!["init", "etc/fstab"]));
     }
@@ -91,7 +91,7 @@ fn gzip_output_is_one_member_however_many_chunks() {
         })
         .collect();
     let data = archive(&[("a", &big), ("b", b"2")]);
-    let file = compress(std::slice::from_ref(&data), Compression::Gzip, &|_| {}).unwrap();
+    let file = compress(&data, Compression::Gzip).unwrap();
     // A single-member decoder must see everything: one member, valid CRC and size.
     let mut back = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&file[..]), &mut back).unwrap();
@@ -120,7 +120,7 @@ fn several_archives_in_one_stream() {
     let mut data = archive(&[("a", b"1")]);
     data.extend_from_slice(&[0; 8]);
     data.extend(archive(&[("b", b"2")]));
-    let file = compress(&[data], Compression::Zstd, &|_| {}).unwrap();
+    let file = compress(&data, Compression::Zstd).unwrap();
     let initrd = Initrd::parse(file).unwrap();
     assert_eq!(names(&initrd.segments[0]), vec!["a", "b"]);
     assert_eq!(initrd.segments[0].archive_starts, vec![0, 1]);
@@ -130,7 +130,7 @@ fn several_archives_in_one_stream() {
 fn cut_and_damaged_streams_are_errors() {
     let main = archive(&[("init", &[7u8; 5000])]);
     for c in [Compression::Gzip, Compression::Zstd, Compression::Xz] {
-        let full = compress(std::slice::from_ref(&main), c, &|_| {}).unwrap();
+        let full = compress(&main, c).unwrap();
         for cut in [1, 2, full.len() / 2, full.len() - 1] {
             let r = Initrd::parse(full[..cut].to_vec());
             assert!(r.is_err(), "{c} cut at {cut} parsed");
@@ -155,9 +155,78 @@ fn cut_and_damaged_streams_are_errors() {
 #[test]
 fn expansion_is_bounded() {
     let big = archive(&[("zeros", &vec![0u8; 1 << 20])]);
-    let file = compress(&[big], Compression::Zstd, &|_| {}).unwrap();
+    let file = compress(&big, Compression::Zstd).unwrap();
     assert!(matches!(
         Initrd::parse_with_limit(file, 1000),
         Err(InitrdFormatError::TooLarge { .. })
     ));
+}
+
+/// Pseudo-random bytes with some redundancy, so deflate has work to do.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 11) as u8
+        })
+        .collect()
+}
+
+/// Stream `data` through a [`SegmentEncoder`] in uneven writes.
+fn encode_streaming(data: &[u8], compression: Compression) -> Vec<u8> {
+    let mut enc = SegmentEncoder::new(compression, Vec::new(), Some(data.len() as u64)).unwrap();
+    let mut rest = data;
+    let mut step = 1usize;
+    while !rest.is_empty() {
+        let n = step.min(rest.len());
+        std::io::Write::write_all(&mut enc, &rest[..n]).unwrap();
+        rest = &rest[n..];
+        step = step * 7 % 3_000_017 + 1;
+    }
+    enc.finish().unwrap()
+}
+
+#[test]
+fn streamed_gzip_is_one_member_gnu_gzip_reads_at_chunk_and_batch_edges() {
+    const MIB: usize = 1 << 20;
+    // Empty, tiny, exactly one chunk, and more than one batch of chunks (16) with
+    // and without a partial last chunk.
+    for len in [0, 1, MIB, 17 * MIB, 17 * MIB + 5] {
+        let data = noise(len, len as u64 + 3);
+        let file = encode_streaming(&data, Compression::Gzip);
+        assert_eq!(file, compress(&data, Compression::Gzip).unwrap(), "{len}");
+        let mut gzip = std::process::Command::new("gzip")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip");
+        let mut stdin = gzip.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &file));
+        let out = gzip.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(out.status.success(), "gzip -dc failed for {len} bytes");
+        assert!(out.stdout == data, "gzip -dc gives other bytes for {len}");
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_the_thread_count() {
+    let data = noise(5 << 20, 9);
+    for c in [Compression::Gzip, Compression::Zstd, Compression::Xz] {
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| compress(&data, c).unwrap());
+        let three = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| compress(&data, c).unwrap());
+        assert!(one == three, "{c}: output depends on the thread count");
+    }
 }

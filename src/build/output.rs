@@ -190,15 +190,15 @@ pub fn write_qcow2(
 const SKIPPED_CONTENTS: &[&str] = &["proc", "sys"];
 
 /// A tar of `tree` with owners, modes, device nodes, hard links and xattrs (PAX
-/// `SCHILY.xattr.*` records, as GNU tar --xattrs writes). Entries are sorted,
-/// named `./…`, mtimes clamped to `timestamp`.
+/// `SCHILY.xattr.*` records, as GNU tar --xattrs writes). Entries are sorted and
+/// relative (`./` for the root, then `etc/…`), mtimes clamped to `timestamp`.
 pub fn write_tar(tree: &Path, dest: &Path, timestamp: i64) -> Result<(), OutputError> {
     let out = AtomicFile::create(dest).map_err(io_err(dest))?;
     {
         let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, out.file()));
         builder.follow_symlinks(false);
         let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-        append_tree(&mut builder, tree, Path::new("."), timestamp, &mut links)?;
+        append_tree(&mut builder, tree, Path::new(""), timestamp, &mut links)?;
         let inner = builder.into_inner().map_err(io_err(dest))?;
         inner
             .into_inner()
@@ -222,7 +222,7 @@ fn append_tree<W: Write>(
     if !meta.is_dir() {
         return Ok(());
     }
-    if rel.parent() == Some(Path::new(".")) && SKIPPED_CONTENTS.iter().any(|s| rel.ends_with(s)) {
+    if rel.parent() == Some(Path::new("")) && SKIPPED_CONTENTS.iter().any(|s| rel.ends_with(s)) {
         return Ok(());
     }
     let mut names: Vec<_> = std::fs::read_dir(&path)
@@ -272,7 +272,9 @@ fn append_entry<W: Write>(
     header.set_mtime(meta.mtime().clamp(0, timestamp.max(0)) as u64);
     header.set_size(0);
     let ft = meta.file_type();
-    let name = if ft.is_dir() {
+    let name = if rel.as_os_str().is_empty() {
+        PathBuf::from("./")
+    } else if ft.is_dir() {
         let mut s = rel.as_os_str().as_bytes().to_vec();
         s.push(b'/');
         PathBuf::from(std::ffi::OsStr::from_bytes(&s))

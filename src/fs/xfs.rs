@@ -27,10 +27,9 @@ pub fn make_xfs(
     job: &FsJob,
 ) -> Result<XfsLosses, FsError> {
     let proto = xfs_proto::protofile(tree, exclude)?;
-    let dir = image_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    // The image may be an unnamed file reached through /proc: work in the temp folder.
+    let scratch_dir = std::env::temp_dir();
+    let dir = scratch_dir.as_path();
     let mut proto_file = tempfile::Builder::new()
         .prefix(".kiln-xfs-proto-")
         .tempfile_in(dir)

@@ -111,7 +111,7 @@ fn walk(
             if mode & 0o1000 != 0 {
                 proto.sticky_dirs.push(format!("/{}", rel_child.display()));
             }
-            if !exclude.iter().any(|e| *e == rel_child) {
+            if !exclude.contains(&rel_child) {
                 walk(tree, &rel_child, exclude, depth + 1, proto, seen)?;
             }
             let _ = writeln!(proto.text, "{indent}$");

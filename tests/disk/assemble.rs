@@ -279,3 +279,32 @@ fn xfs_root_from_a_protofile() {
     assert!(db(&["path /boot/efi", "print core.nextents"]).contains("core.nextents = 0"));
     assert!(plan.fstab().contains(" / xfs defaults 0 1"));
 }
+
+#[test]
+fn a_tree_too_big_fails_naming_the_partition_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    build_tree(&tree);
+    std::fs::write(tree.join("boot/big"), vec![7u8; 12 << 20]).unwrap();
+    let plan = plan(&builtin_layout("efi").unwrap().unwrap(), 572 * MIB, "small");
+    let disk = work.path().join("disk.raw");
+    let e = assemble(&plan, &tree, &disk).unwrap_err().to_string();
+    assert!(
+        e.contains("partition 3 (root)") && e.contains("mke2fs"),
+        "{e}"
+    );
+    let names: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["tree"], "no disk, no staged tree left");
+}
+
+#[test]
+fn disk_usage_counts_hard_links_once() {
+    let work = tempfile::tempdir().unwrap();
+    build_tree(work.path());
+    let usage = kiln::fs::usage::disk_usage(work.path()).unwrap();
+    // usr/bin/tool is 800000 bytes with two names; everything else is small.
+    assert!((800_000..1_000_000).contains(&usage), "{usage}");
+}

@@ -3,8 +3,11 @@
 //! The binary (`src/main.rs`) is a thin clap front end; everything it does is a
 //! library call so tests and benches can use the same code.
 
+pub mod build;
 pub mod cli;
+pub mod disk;
 pub mod format;
+pub mod fs;
 pub mod image;
 pub mod initrd;
 pub mod util;

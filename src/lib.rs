@@ -3,7 +3,9 @@
 //! The binary (`src/main.rs`) is a thin clap front end; everything it does is a
 //! library call so tests and benches can use the same code.
 
+pub mod build;
 pub mod cli;
+pub mod element;
 pub mod format;
 pub mod image;
 pub mod initrd;

@@ -8,7 +8,9 @@
 //! ([`HELPERS_ELEMENT`]).
 
 pub mod graph;
+pub mod package_installs;
 pub mod phase;
+pub mod pkgmap;
 pub mod runparts;
 pub mod search;
 

@@ -8,6 +8,7 @@
 //! ([`HELPERS_ELEMENT`]).
 
 pub mod graph;
+pub mod hooks;
 pub mod package_installs;
 pub mod phase;
 pub mod pkgmap;
@@ -15,6 +16,7 @@ pub mod runparts;
 pub mod search;
 
 pub use graph::{GraphError, ResolveOptions, Resolved, resolve};
+pub use hooks::{Hooks, HooksError, Script};
 pub use phase::{Phase, RunsIn};
 pub use search::{Catalog, Element, SearchError, SearchPath, shipped_elements_dir};
 

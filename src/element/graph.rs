@@ -412,7 +412,7 @@ mod tests {
         let (mine, shipped) = (tmp.path().join("mine"), tmp.path().join("shipped"));
         tree(&mine, &[("app", &[], &[])]);
         tree(&shipped, &[OS, ("app", &["ghost"], &[])]);
-        let cat = SearchPath::new(&[mine.clone()], None, Some(shipped))
+        let cat = SearchPath::new(std::slice::from_ref(&mine), None, Some(shipped))
             .scan()
             .unwrap();
         let r = resolve(&cat, &request(&["os", "app"]), &skip_base()).unwrap();

@@ -521,7 +521,7 @@ kernel:
 ",
         );
         let squashed = squash(
-            &[a.clone()],
+            std::slice::from_ref(&a),
             &env_of(&[
                 ("ARCH", "amd64"),
                 ("DIB_USE_A", "1"),
@@ -546,7 +546,7 @@ kernel:
         );
 
         let arm = squash(
-            &[a.clone()],
+            std::slice::from_ref(&a),
             &env_of(&[
                 ("ARCH", "ppc64le"),
                 ("DIB_USE_A", "0"),
@@ -596,7 +596,7 @@ kernel:
             "my-el",
             "src-pkg:\n  installtype: source\npkg-pkg:\n  installtype: package\n",
         );
-        let by_default = squash(&[a.clone()], &env_of(&[])).unwrap();
+        let by_default = squash(std::slice::from_ref(&a), &env_of(&[])).unwrap();
         assert_eq!(
             names(&by_default.phases[&Phase::Install].install),
             ["src-pkg@my-el"]

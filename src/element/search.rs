@@ -219,7 +219,7 @@ mod tests {
         fs::write(first.join("common/element-deps"), "one\n\n  two  \n").unwrap();
         fs::write(second.join("common/element-deps"), "other\n").unwrap();
         fs::write(second.join("not-an-element"), "").unwrap();
-        let catalog = SearchPath::new(&[first.clone()], None, Some(second.clone()))
+        let catalog = SearchPath::new(std::slice::from_ref(&first), None, Some(second.clone()))
             .scan()
             .unwrap();
         let common = catalog.get("common").unwrap();

@@ -55,6 +55,18 @@ pub struct ResolveOptions {
     pub implicit: Vec<String>,
 }
 
+impl ResolveOptions {
+    /// The options of an image build: DIB's `skip-base` and ARCH, with kiln's
+    /// helper element always included.
+    pub fn for_build(skip_base: bool, arch: &str) -> Self {
+        ResolveOptions {
+            skip_base,
+            arch: arch.to_string(),
+            implicit: vec![super::HELPERS_ELEMENT.to_string()],
+        }
+    }
+}
+
 /// The elements of one build.
 #[derive(Debug, Clone)]
 pub struct Resolved {

@@ -48,6 +48,8 @@ pub enum PackageInstallsError {
     },
     #[error("{}: package '{package}' has arch filters but ARCH is not set", .path.display())]
     NoArch { path: PathBuf, package: String },
+    #[error(transparent)]
+    PkgMap(#[from] super::pkgmap::PkgMapError),
 }
 
 /// One `VAR=value` / `VAR!=value` test.
@@ -387,6 +389,27 @@ pub fn squash(
         }
     }
     Ok(squashed)
+}
+
+/// The package lists of a build: every element's package-installs files squashed
+/// (in build order) and mapped through the elements' pkg-maps for `distro` /
+/// `release`. The recipe's packages are added with
+/// [`PackageLists::add_recipe_packages`].
+pub fn lists_for_build(
+    resolved: &super::Resolved,
+    env: &dyn Fn(&str) -> Option<String>,
+    distro: &str,
+    release: Option<&str>,
+) -> Result<PackageLists, PackageInstallsError> {
+    let mut files = Vec::new();
+    let mut maps = BTreeMap::new();
+    for element in &resolved.elements {
+        files.extend(load_element(element)?);
+        if let Some(map) = PkgMap::load(&element.path.join("pkg-map"))? {
+            maps.insert(element.name.clone(), map);
+        }
+    }
+    Ok(squash(&files, env)?.map_names(&maps, distro, release))
 }
 
 /// Final package names per phase, after pkg-map, without duplicates.

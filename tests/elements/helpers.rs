@@ -3,7 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kiln::element::package_installs::PackageLists;
+use kiln::element::package_installs::lists_for_build;
 use kiln::element::pkgmap::{Mapping, PkgMap};
 use kiln::element::{Hooks, Phase, ResolveOptions, SearchPath, resolve, shipped_elements_dir};
 
@@ -426,8 +426,23 @@ fn install_packages_and_package_lists_drive_apt_get_in_both_shells() {
     let el = tmp.path().join("elements");
     put(&el, "os/element-provides", "operating-system\n", 0o644);
     put(&el, "nova/pkg-map", PKG_MAP, 0o644);
+    put(
+        &el,
+        "nova/package-installs.yaml",
+        "nova_package:\nbuild-tool:\n  build-only: true\n",
+        0o644,
+    );
     let hooks = assemble(tmp.path(), &el, &["os", "nova"]);
-    let mut lists = PackageLists::default();
+    let catalog = SearchPath::new(&[el.clone()], None, Some(shipped_elements_dir()))
+        .scan()
+        .unwrap();
+    let resolved = resolve(
+        &catalog,
+        &["os".into(), "nova".into()],
+        &ResolveOptions::for_build(true, "amd64"),
+    )
+    .unwrap();
+    let mut lists = lists_for_build(&resolved, &|_| None, "debian", Some("bookworm")).unwrap();
     lists.add_recipe_packages(&["vim".into(), "curl".into()]);
     hooks.write_package_lists(&lists).unwrap();
 
@@ -485,11 +500,18 @@ fn install_packages_and_package_lists_drive_apt_get_in_both_shells() {
         let phase_script = hooks.root().join("install.d/01-package-installs");
         assert_eq!(
             record(&shell, &phase_script, &[]),
-            format!("{apt} install vim curl\n"),
+            format!("{apt} install nova build-tool vim curl\n"),
             "{}",
             shell.label
         );
-        let nothing = hooks.root().join("install.d/99-package-uninstalls");
+        let removal = hooks.root().join("install.d/99-package-uninstalls");
+        assert_eq!(
+            record(&shell, &removal, &[]),
+            format!("{apt} remove build-tool\n"),
+            "{}",
+            shell.label
+        );
+        let nothing = hooks.root().join("post-install.d/00-package-installs");
         assert_eq!(record(&shell, &nothing, &[]), "", "{}", shell.label);
     }
     // Without apt-get the failure says so.

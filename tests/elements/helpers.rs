@@ -433,9 +433,13 @@ fn install_packages_and_package_lists_drive_apt_get_in_both_shells() {
         0o644,
     );
     let hooks = assemble(tmp.path(), &el, &["os", "nova"]);
-    let catalog = SearchPath::new(&[el.clone()], None, Some(shipped_elements_dir()))
-        .scan()
-        .unwrap();
+    let catalog = SearchPath::new(
+        std::slice::from_ref(&el),
+        None,
+        Some(shipped_elements_dir()),
+    )
+    .scan()
+    .unwrap();
     let resolved = resolve(
         &catalog,
         &["os".into(), "nova".into()],

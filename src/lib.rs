@@ -6,6 +6,7 @@
 pub mod build;
 pub mod cli;
 pub mod disk;
+pub mod element;
 pub mod format;
 pub mod fs;
 pub mod image;

@@ -54,7 +54,7 @@ pub fn grub_cfg(spec: &BootSpec) -> Result<String, BootError> {
          {initrd}\
          }}\n",
         timeout = spec.timeout_secs,
-        title = quote(&checked_text("title", &spec.title)?),
+        title = quote(checked_text("title", &spec.title)?),
     ))
 }
 

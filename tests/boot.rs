@@ -11,10 +11,8 @@ mod support;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use support::{Firmware, Layout, MARKER, Work, boot, sh};
-use kiln::boot::{
-    AreaKind, BiosLoader, BootError, BootSpec, EfiLoader, install_bios, stage_tree,
-};
+use kiln::boot::{AreaKind, BiosLoader, BootError, BootSpec, EfiLoader, install_bios, stage_tree};
+use support::{Firmware, Layout, MARKER, NO_BOOT_WATCH, Work, boot, boot_for, sh};
 use uuid::Uuid;
 
 /// A disk with the given loaders (none: the negative control) and the root UUID.
@@ -39,7 +37,11 @@ fn bootable_disk(
     };
     let disk = work.assemble(&tree, layout, root_uuid);
     if let Some(code) = bios_code {
-        let file = OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
         let placed = install_bios(&file, &code).expect("install_bios");
         let expected = match layout {
             Layout::Gpt => AreaKind::BiosBootPartition(1),
@@ -99,8 +101,10 @@ fn mbr_with_grub_boots_under_seabios_and_keeps_the_partition_table() {
     let before = table_dump(&plain, Layout::Mbr);
     let disk = bootable_disk(&work, Layout::Mbr, Some(BiosLoader::Grub), None);
     // Same label id and partitions: boot.img went around the table.
-    assert_eq!(table_dump(&disk, Layout::Mbr).replace(&*disk.to_string_lossy(), "D"),
-               before.replace(&*plain.to_string_lossy(), "D"));
+    assert_eq!(
+        table_dump(&disk, Layout::Mbr).replace(&*disk.to_string_lossy(), "D"),
+        before.replace(&*plain.to_string_lossy(), "D")
+    );
     assert_boots(&disk, Firmware::SeaBios, "MBR + GRUB i386-pc");
 }
 
@@ -110,11 +114,21 @@ fn without_the_boot_loader_step_the_disk_does_not_boot() {
     let disk = bootable_disk(&work, Layout::Gpt, None, None);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let console = boot(&disk, Firmware::SeaBios);
-            assert!(!console.contains(MARKER), "booted without a loader:\n{console}");
+            let console = boot_for(&disk, Firmware::SeaBios, NO_BOOT_WATCH);
+            // The firmware did run and tried this disk.
+            assert!(console.contains("Booting from Hard Disk"), "{console}");
+            assert!(
+                !console.contains(MARKER),
+                "booted without a loader:\n{console}"
+            );
         });
-        let console = boot(&disk, Firmware::Ovmf);
-        assert!(!console.contains(MARKER), "booted without a loader:\n{console}");
+        let console = boot_for(&disk, Firmware::Ovmf, NO_BOOT_WATCH);
+        // OVMF found nothing to boot on the ESP and fell back to its shell.
+        assert!(console.contains("Shell>"), "{console}");
+        assert!(
+            !console.contains(MARKER),
+            "booted without a loader:\n{console}"
+        );
     });
 }
 
@@ -137,7 +151,11 @@ fn staging_and_installing_twice_gives_identical_bytes() {
         let staged = stage_tree(&tree, &spec).unwrap();
         let disk = work.dir.path().join("disk.img");
         fs::copy(&blank, &disk).unwrap();
-        let file = OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
         install_bios(&file, staged.bios_code.as_ref().unwrap()).unwrap();
         let efi = fs::read(tree.join("boot/efi/EFI/BOOT/BOOTX64.EFI")).unwrap();
         let cfg = fs::read(tree.join("boot/grub/grub.cfg")).unwrap();
@@ -146,7 +164,10 @@ fn staging_and_installing_twice_gives_identical_bytes() {
     assert!(runs[0].0 == runs[1].0, "disks differ");
     assert!(runs[0].1 == runs[1].1, "BOOTX64.EFI differs");
     assert_eq!(runs[0].2, runs[1].2);
-    assert!(runs[0].0 != fs::read(&blank).unwrap(), "nothing was installed");
+    assert!(
+        runs[0].0 != fs::read(&blank).unwrap(),
+        "nothing was installed"
+    );
 }
 
 /// A blank disk file of `size` bytes partitioned by `script` (sfdisk).
@@ -173,7 +194,11 @@ fn core_img_larger_than_the_mbr_gap_is_refused_and_the_disk_untouched() {
     // The first partition at sector 63, the old DOS layout: a 62-sector gap.
     let disk = mbr_disk(work.dir.path(), "label: dos\\nstart=63, type=83\\n");
     let before = fs::read(&disk).unwrap();
-    let file = OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
     let err = install_bios(&file, &code).unwrap_err();
     assert!(
         matches!(err, BootError::CoreTooLarge { limit: 62, .. }),

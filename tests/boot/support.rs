@@ -18,7 +18,11 @@ use uuid::Uuid;
 /// the kernel may log, never contains it).
 pub const MARKER: &str = "KILN-BOOT-OK";
 /// TCG is slow; a normal boot takes 10-20 s.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a disk that must not boot is watched. SeaBIOS running an empty MBR
+/// hangs silently, so there is no console event to stop at; this is several times
+/// what a successful boot of the same disk with a loader takes.
+pub const NO_BOOT_WATCH: Duration = Duration::from_secs(60);
 /// Console text after which nothing will boot any more: stop the VM there.
 const DEAD_ENDS: &[&str] = &[
     "grub rescue>",
@@ -204,6 +208,11 @@ pub fn sh(script: &str) -> String {
 /// console text. The VM ends when /init powers off, when the console shows the
 /// marker or a dead end, or at the deadline; it is killed in every case.
 pub fn boot(disk: &Path, firmware: Firmware) -> String {
+    boot_for(disk, firmware, BOOT_TIMEOUT)
+}
+
+/// [`boot`] with a deadline of `limit`.
+pub fn boot_for(disk: &Path, firmware: Firmware, limit: Duration) -> String {
     let work = tempfile::Builder::new()
         .prefix("kiln-boot-vm-")
         .tempdir()
@@ -229,7 +238,7 @@ pub fn boot(disk: &Path, firmware: Firmware) -> String {
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = cmd.spawn().expect("install qemu-system-x86");
-    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let deadline = Instant::now() + limit;
     let console = |path: &Path| {
         fs::read(path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())

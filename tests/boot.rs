@@ -29,6 +29,7 @@ fn bootable_disk(
         spec.initrd = Some("/boot/initrd.img".into());
         spec.cmdline = "console=ttyS0 panic=-1".into();
         spec.timeout_secs = 0;
+        spec.title = "kiln test image".into();
         spec.bios = bios;
         spec.efi = efi;
         stage_tree(&tree, &spec).expect("stage_tree").bios_code
@@ -61,8 +62,19 @@ fn table_dump(disk: &Path, layout: Layout) -> String {
     }
 }
 
-fn assert_boots(disk: &Path, firmware: Firmware, what: &str) {
+/// GRUB's line when it runs our grub.cfg's entry (so grub.cfg was found on the
+/// root filesystem by UUID).
+const GRUB_TRACE: &str = "Booting `kiln test image'";
+/// The kernel's EFI stub reporting the initrd systemd-boot handed over.
+const SYSTEMD_BOOT_TRACE: &str = "EFI stub: Loaded initrd";
+
+/// `disk` boots to the initrd's /init, and the console shows `loader_trace`.
+fn assert_boots(disk: &Path, firmware: Firmware, what: &str, loader_trace: &str) {
     let console = boot(disk, firmware);
+    assert!(
+        console.contains(loader_trace),
+        "{what} under {firmware:?}: the console lacks {loader_trace:?}, so the boot did not go through the loader:\n{console}"
+    );
     assert!(
         console.contains(MARKER),
         "{what} under {firmware:?} did not reach the initrd's /init; serial console:\n{console}"
@@ -81,8 +93,8 @@ fn gpt_with_grub_for_bios_and_uefi_boots_under_seabios_and_ovmf() {
     let table = table_dump(&disk, Layout::Gpt);
     assert!(table.contains("No problems found"), "{table}");
     std::thread::scope(|s| {
-        s.spawn(|| assert_boots(&disk, Firmware::SeaBios, "GPT + GRUB i386-pc"));
-        assert_boots(&disk, Firmware::Ovmf, "GPT + GRUB x86_64-efi");
+        s.spawn(|| assert_boots(&disk, Firmware::SeaBios, "GPT + GRUB i386-pc", GRUB_TRACE));
+        assert_boots(&disk, Firmware::Ovmf, "GPT + GRUB x86_64-efi", GRUB_TRACE);
     });
 }
 
@@ -90,7 +102,12 @@ fn gpt_with_grub_for_bios_and_uefi_boots_under_seabios_and_ovmf() {
 fn gpt_with_systemd_boot_boots_under_ovmf() {
     let work = Work::new("gpt-sdboot");
     let disk = bootable_disk(&work, Layout::Gpt, None, Some(EfiLoader::SystemdBoot));
-    assert_boots(&disk, Firmware::Ovmf, "GPT + systemd-boot");
+    assert_boots(
+        &disk,
+        Firmware::Ovmf,
+        "GPT + systemd-boot",
+        SYSTEMD_BOOT_TRACE,
+    );
 }
 
 #[test]
@@ -105,7 +122,7 @@ fn mbr_with_grub_boots_under_seabios_and_keeps_the_partition_table() {
         table_dump(&disk, Layout::Mbr).replace(&*disk.to_string_lossy(), "D"),
         before.replace(&*plain.to_string_lossy(), "D")
     );
-    assert_boots(&disk, Firmware::SeaBios, "MBR + GRUB i386-pc");
+    assert_boots(&disk, Firmware::SeaBios, "MBR + GRUB i386-pc", GRUB_TRACE);
 }
 
 #[test]
@@ -149,6 +166,16 @@ fn staging_and_installing_twice_gives_identical_bytes() {
         spec.bios = Some(BiosLoader::Grub);
         spec.efi = Some(EfiLoader::Grub);
         let staged = stage_tree(&tree, &spec).unwrap();
+        // Module folders for `insmod`, next to grub.cfg.
+        for module in [
+            "boot/grub/i386-pc/linux.mod",
+            "boot/grub/x86_64-efi/linux.mod",
+        ] {
+            assert!(
+                staged.written.contains(&tree.join(module)),
+                "{module} not copied"
+            );
+        }
         let disk = work.dir.path().join("disk.img");
         fs::copy(&blank, &disk).unwrap();
         let file = OpenOptions::new()

@@ -11,6 +11,10 @@ use crate::image::{check, convert, info};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
+    /// Build images from a recipe of elements (diskimage-builder compatible)
+    Build(super::build::BuildArgs),
+    /// Build an image from elements, with disk-image-create's flags
+    Create(super::build::CreateArgs),
     /// Convert an image to raw or qcow2 (like qemu-img convert)
     Convert(ConvertArgs),
     /// Show format, sizes, clusters, compression and backing chain
@@ -97,6 +101,8 @@ pub struct InfoArgs {
 
 pub fn run(cmd: ImageCommand) -> Result<u8> {
     match cmd {
+        ImageCommand::Build(args) => super::build::run_build(args),
+        ImageCommand::Create(args) => super::build::run_create(args),
         ImageCommand::Convert(args) => run_convert(args),
         ImageCommand::Info(args) => run_info(args),
         ImageCommand::Check(args) => run_check(args),

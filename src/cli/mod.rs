@@ -1,5 +1,6 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
+mod build;
 mod image;
 mod initrd;
 
@@ -20,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Disk images: convert, info, check
+    /// Disk images: build, create, convert, info, check
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Linux initramfs images: ls, extract, pack, rm

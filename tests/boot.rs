@@ -7,6 +7,8 @@
 
 #[path = "boot/support.rs"]
 mod support;
+#[path = "common/vm.rs"]
+mod vm;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -295,13 +295,12 @@ fn type_name(t: ImageType) -> &'static str {
     }
 }
 
-/// The file name part of the recipe's imagename, without a known image suffix.
+/// The file name part of the recipe's imagename.
 fn image_stem(imagename: &str) -> String {
-    let base = Path::new(imagename)
+    Path::new(imagename)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    base
+        .unwrap_or_else(|| "image".into())
 }
 
 /// Source every environment.d file the way scripts see them and return the

@@ -36,7 +36,16 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
 /// The directories of one build. Dropping it removes them.
 pub struct Workspace {
     dir: PathBuf,
-    tmpfs: Option<BuildTmpfs>,
+    storage: Storage,
+}
+
+enum Storage {
+    /// A tmpfs on the shared mount point: unmounting is all. The mount point
+    /// itself must stay: removing it would unmount the tmpfs of every other
+    /// build in its own namespace.
+    Tmpfs(Option<BuildTmpfs>),
+    /// A directory of our own below the mount point.
+    Directory { removed: bool },
 }
 
 impl Workspace {
@@ -50,7 +59,7 @@ impl Workspace {
             let tmpfs = BuildTmpfs::mount(base, None)?;
             let ws = Workspace {
                 dir: base.to_path_buf(),
-                tmpfs: Some(tmpfs),
+                storage: Storage::Tmpfs(Some(tmpfs)),
             };
             ws.make_dirs()?;
             return Ok(ws);
@@ -60,7 +69,10 @@ impl Workspace {
             .tempdir_in(base)
             .map_err(io_err(base))?
             .keep();
-        let ws = Workspace { dir, tmpfs: None };
+        let ws = Workspace {
+            dir,
+            storage: Storage::Directory { removed: false },
+        };
         ws.make_dirs()?;
         Ok(ws)
     }
@@ -102,12 +114,16 @@ impl Workspace {
     }
 
     fn cleanup(&mut self) -> Result<(), WorkspaceError> {
-        match self.tmpfs.take() {
-            Some(tmpfs) => Ok(tmpfs.release()?),
-            None if self.dir.exists() => {
+        match &mut self.storage {
+            Storage::Tmpfs(tmpfs) => match tmpfs.take() {
+                Some(t) => Ok(t.release()?),
+                None => Ok(()),
+            },
+            Storage::Directory { removed } if !*removed => {
+                *removed = true;
                 std::fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
             }
-            None => Ok(()),
+            Storage::Directory { .. } => Ok(()),
         }
     }
 }

@@ -2,12 +2,10 @@
 //! independent tools, and qemu runs that stop on what the console shows.
 
 use std::fs::{self, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln::format::fat::{FatOptions, write_fat};
 use kiln::format::initrd::Compression;
@@ -23,15 +21,6 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// hangs silently, so there is no console event to stop at; this is several times
 /// what a successful boot of the same disk with a loader takes.
 pub const NO_BOOT_WATCH: Duration = Duration::from_secs(60);
-/// Console text after which nothing will boot any more: stop the VM there.
-const DEAD_ENDS: &[&str] = &[
-    "grub rescue>",
-    "grub>",
-    "No bootable device",
-    "No bootable option or device was found",
-    "Shell>",
-    "Kernel panic",
-];
 
 const MIB: u64 = 1 << 20;
 const DISK_SIZE: u64 = 128 * MIB;
@@ -49,11 +38,7 @@ pub enum Layout {
     Mbr,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    SeaBios,
-    Ovmf,
-}
+pub use crate::vm::{Firmware, boot_until};
 
 /// A scratch folder for one test.
 pub struct Work {
@@ -204,70 +189,13 @@ pub fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Boot `disk` (never modified: qemu's snapshot mode) and return the serial
-/// console text. The VM ends when /init powers off, when the console shows the
-/// marker or a dead end, or at the deadline; it is killed in every case.
+/// Boot the raw `disk` and return the serial console text (see
+/// [`boot_until`]), stopping at the marker.
 pub fn boot(disk: &Path, firmware: Firmware) -> String {
     boot_for(disk, firmware, BOOT_TIMEOUT)
 }
 
 /// [`boot`] with a deadline of `limit`.
 pub fn boot_for(disk: &Path, firmware: Firmware, limit: Duration) -> String {
-    let work = tempfile::Builder::new()
-        .prefix("kiln-boot-vm-")
-        .tempdir()
-        .unwrap();
-    let serial = work.path().join("serial.log");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "512", "-nodefaults", "-nographic"])
-        .args(["-no-reboot", "-snapshot"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()));
-    if firmware == Firmware::Ovmf {
-        let vars = work.path().join("OVMF_VARS_4M.fd");
-        fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("install ovmf");
-        cmd.arg("-drive")
-            .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().expect("install qemu-system-x86");
-    let deadline = Instant::now() + limit;
-    let console = |path: &Path| {
-        fs::read(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    };
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        let text = console(&serial);
-        if text.contains(MARKER) || DEAD_ENDS.iter().any(|d| text.contains(d)) {
-            break;
-        }
-        if Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // SAFETY: plain syscall on the VM's own process group.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-    let _ = child.wait();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let mut text = console(&serial);
-    if !stderr.is_empty() {
-        text.push_str("\n--- qemu stderr:\n");
-        text.push_str(&stderr);
-    }
-    text
+    boot_until(disk, "raw", firmware, limit, &[MARKER])
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use vm::{Firmware, boot_until};
+use vm::{Firmware, boot_kernel_until, boot_until};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 const MARKER: &str = "KILN-IMAGE-BOOTED";
@@ -30,10 +30,18 @@ fn test_elements() -> PathBuf {
 fn recipe(dir: &Path, name: &str, extra: &[&str], types: &str) -> PathBuf {
     let mut elements = vec!["vm", "block-device-efi", "busybox-minimal"];
     elements.extend_from_slice(extra);
-    let text = format!(
-        "- imagename: {name}\n  elements: [{}]\n  types: [{types}]\n  kernel-cmdline: \"console=tty0 console=ttyS0,115200\"\n",
-        elements.join(", ")
-    );
+    write_recipe(
+        dir,
+        name,
+        &format!(
+            "  elements: [{}]\n  types: [{types}]\n  kernel-cmdline: \"console=tty0 console=ttyS0,115200\"\n",
+            elements.join(", ")
+        ),
+    )
+}
+
+fn write_recipe(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let text = format!("- imagename: {name}\n{body}");
     let path = dir.join(format!("{name}.yaml"));
     fs::write(&path, text).unwrap();
     path
@@ -218,4 +226,42 @@ fn image_create_takes_disk_image_create_flags_and_builds_run_side_by_side() {
         assert!(text.contains("bin/busybox"), "{name}: {text}");
         assert!(text.contains("etc/inittab"), "{name}: {text}");
     }
+}
+
+#[test]
+fn ramdisk_recipe_makes_a_kernel_and_initramfs_that_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recipe(
+        dir.path(),
+        "ramdisk",
+        "  elements: [busybox-minimal, kiln-test-marker]\n  ramdisk: true\n",
+    );
+    let out = kiln_build(&path, dir.path(), &[]);
+    assert_success(&out);
+    let kernel = dir.path().join("ramdisk.kernel");
+    let initramfs = dir.path().join("ramdisk.initramfs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("ramdisk.initramfs"), "{printed}");
+    assert!(!dir.path().join("ramdisk.qcow2").exists());
+    // GNU cpio reads it (after gzip -d) and finds the init and no kernel.
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat {} | cpio -t --quiet", initramfs.display()))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(names.lines().any(|l| l == "init"), "{names}");
+    assert!(names.lines().any(|l| l == "bin/busybox"), "{names}");
+    assert!(!names.contains("vmlinuz"), "kernel inside the ramdisk");
+    let console = boot_kernel_until(
+        &kernel,
+        &initramfs,
+        "console=ttyS0,115200",
+        BOOT_TIMEOUT,
+        &[MARKER],
+    );
+    assert!(
+        console.contains(MARKER),
+        "no marker on the console:\n{console}"
+    );
 }

@@ -194,7 +194,7 @@ fn find_kernel(tree: &Path) -> Result<(String, Option<String>), DiskImageError> 
 }
 
 /// Kernel versions compared number by number ("6.1.0-9" < "6.1.0-10").
-fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     let parts = |s: &str| -> Vec<(u64, String)> {
         s.split(['.', '-', '+', '~'])
             .map(|p| (p.parse().unwrap_or(0), p.to_string()))

@@ -4,6 +4,7 @@
 pub mod disk_image;
 pub mod output;
 pub mod pipeline;
+pub mod ramdisk;
 pub mod recipe;
 pub mod runner;
 pub mod sandbox;

@@ -68,6 +68,8 @@ pub enum BuildError {
     Disk(#[from] DiskImageError),
     #[error("writing the images: {0}")]
     Output(#[from] output::OutputError),
+    #[error("writing the ramdisk: {0}")]
+    Ramdisk(#[from] super::ramdisk::RamdiskError),
     #[error("output type {0:?} is not supported by kiln (raw, qcow2, tar, squashfs)")]
     UnsupportedType(String),
     #[error("{context}: {source}")]
@@ -82,7 +84,12 @@ pub enum BuildError {
 /// Build `recipe`. The calling thread must already be in a private mount
 /// namespace ([`super::sandbox::enter_private_mount_namespace`]).
 pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
-    let types = output_types(recipe, opts)?;
+    // A ramdisk recipe makes NAME.kernel + NAME.initramfs and no disk.
+    let types = if recipe.ramdisk {
+        Vec::new()
+    } else {
+        output_types(recipe, opts)?
+    };
     let search = SearchPath::from_env(&opts.elements_path);
     let catalog = search.scan()?;
     let resolve_opts = ResolveOptions::for_build(recipe.skip_base, &recipe.effective_arch());
@@ -216,6 +223,17 @@ pub fn build(recipe: &Recipe, opts: &BuildOptions) -> Result<BuildReport, BuildE
         &types,
         &out_opts,
     )?;
+    let mut outputs = outputs;
+    if recipe.ramdisk {
+        let clamp = timestamp.map(|t| t.clamp(0, i64::from(u32::MAX)) as u32);
+        outputs.extend(super::ramdisk::write_ramdisk(
+            &tree,
+            &out_dir,
+            &name,
+            env.get("KILN_RAMDISK_COMPRESSION").map(String::as_str),
+            clamp,
+        )?);
+    }
     steps.push(("write outputs".to_string(), started.elapsed().as_secs_f64()));
     drop(ctx);
     ws.remove()?;

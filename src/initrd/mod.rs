@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 pub use extract::{ExtractReport, extract};
 pub use list::{Listing, list, read_initrd};
-pub use pack::{PackOptions, pack_dir, tree_from_dir};
+pub use pack::{PackOptions, pack_dir, pack_tree, tree_from_dir};
 pub use repack::{Edits, RepackOptions, repack, repack_file, repack_into, rm};
 pub use staging::{Content, Staged, StagedKind};
 

@@ -55,6 +55,23 @@ pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<(), Initrd
     })
 }
 
+/// Write `tree` as an initramfs file `out` of one segment (which appears only
+/// when complete).
+pub fn pack_tree(
+    tree: &Tree,
+    out: &Path,
+    compression: Compression,
+    mtime_clamp: Option<u32>,
+    show_progress: bool,
+) -> Result<(), InitrdError> {
+    if !compression.writable() {
+        return Err(initrd::InitrdFormatError::NotWritable(compression).into());
+    }
+    write_output(out, |sink| {
+        write_segment(tree, compression, mtime_clamp, show_progress, sink)
+    })
+}
+
 /// Write `tree` as one segment (one archive, compressed) into `sink`.
 pub fn write_segment<W: Write>(
     tree: &Tree,

@@ -35,6 +35,30 @@ pub fn boot_until(
     limit: Duration,
     stop_at: &[&str],
 ) -> String {
+    let drive = format!("file={},format={format},if=virtio", disk.display());
+    run_vm(&["-drive", &drive], firmware, limit, stop_at)
+}
+
+/// Boot `kernel` with `initrd` directly (qemu loads them; no disk) with the
+/// kernel command line `append`; otherwise as [`boot_until`].
+pub fn boot_kernel_until(
+    kernel: &Path,
+    initrd: &Path,
+    append: &str,
+    limit: Duration,
+    stop_at: &[&str],
+) -> String {
+    let kernel = kernel.display().to_string();
+    let initrd = initrd.display().to_string();
+    run_vm(
+        &["-kernel", &kernel, "-initrd", &initrd, "-append", append],
+        Firmware::SeaBios,
+        limit,
+        stop_at,
+    )
+}
+
+fn run_vm(args: &[&str], firmware: Firmware, limit: Duration, stop_at: &[&str]) -> String {
     let work = tempfile::Builder::new()
         .prefix("kiln-boot-vm-")
         .tempdir()
@@ -45,8 +69,7 @@ pub fn boot_until(
         .args(["-no-reboot", "-snapshot"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .arg("-drive")
-        .arg(format!("file={},format={format},if=virtio", disk.display()));
+        .args(args);
     if firmware == Firmware::Ovmf {
         let vars = work.path().join("OVMF_VARS_4M.fd");
         fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("install ovmf");

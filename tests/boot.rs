@@ -7,6 +7,8 @@
 
 #[path = "boot/support.rs"]
 mod support;
+// Shared with other VM tests; this one boots disks only.
+#[allow(dead_code)]
 #[path = "common/vm.rs"]
 mod vm;
 

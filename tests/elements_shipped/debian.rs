@@ -123,10 +123,13 @@ fn debian_minimal_root_features_and_offline_rebuild_from_cache() {
         assert!(out.status.success(), "{script}: {}", text(&out));
     }
     let wants = root.join("etc/systemd/system");
-    assert_eq!(
-        fs::read_link(wants.join("getty.target.wants/serial-getty@ttyS0.service")).unwrap(),
-        Path::new("/lib/systemd/system/serial-getty@.service")
+    let getty = fs::read_link(wants.join("getty.target.wants/serial-getty@ttyS0.service")).unwrap();
+    assert!(
+        getty.ends_with("systemd/system/serial-getty@.service"),
+        "{}",
+        getty.display()
     );
+    assert!(root.join(getty.strip_prefix("/").unwrap()).is_file());
     assert!(
         wants
             .join("multi-user.target.wants/systemd-networkd.service")

@@ -277,7 +277,7 @@ fn run_scripts(
             hooks_dir: &ctx.hooks_dir,
         }
     };
-    let env_map = env::script_environment(place, env);
+    let env_map = env::script_environment(place, env, std::env::vars_os());
     let hooks_dir = place.hooks_dir();
     let env_files = env::environment_files(&ctx.hooks_dir)
         .map_err(|source| RunError::EnvironmentDir {

@@ -598,30 +598,42 @@ fn a_break_shell_runs_in_the_chroot_with_the_phase_environment() {
     let stdout = child.stdout.take().unwrap();
     let mut transcript = String::new();
     let mut lines = BufReader::new(stdout).lines();
-    // Type only once the shell announced itself.
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line.contains("break point before-install") {
-            break;
+    let mut read_until = |marker: &str, transcript: &mut String| {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            transcript.push_str(&line);
+            transcript.push('\n');
+            if line.contains(marker) {
+                return;
+            }
         }
-    }
+    };
+    // Type only once each shell announced itself.
+    read_until("break point before-install", &mut transcript);
     stdin
         .write_all(b"echo \"break $KILN_SECOND $TMP_HOOKS_PATH $$\" > /break-seen; exit\n")
         .unwrap();
-    for line in lines {
-        transcript.push_str(&line.unwrap());
-        transcript.push('\n');
-    }
+    read_until("break point after-error", &mut transcript);
+    stdin
+        .write_all(b"cp /failed-here /after-error-seen; exit\n")
+        .unwrap();
+    read_until("RESULT finalise", &mut transcript);
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success(), "{transcript}");
-    assert!(transcript.contains("RESULT: ok"), "{transcript}");
+    assert!(transcript.contains("RESULT install: ok"), "{transcript}");
+    assert!(
+        transcript
+            .contains("RESULT finalise: finalise.d/10-fails of element e failed (exit status 4)"),
+        "{transcript}"
+    );
     let seen = std::fs::read_to_string(dir.path().join("tree/break-seen")).unwrap();
     assert_eq!(seen, "break one-two /tmp/in_target.d 2\n");
     // The phase went on after the shell.
     assert!(dir.path().join("tree/phase-ran").exists());
+    // The after-error shell ran after the failing script, in the chroot.
+    let seen = std::fs::read_to_string(dir.path().join("tree/after-error-seen")).unwrap();
+    assert_eq!(seen, "failed\n");
 }
 
 #[test]
@@ -755,13 +767,19 @@ fn helper_process() {
                 &hooks.join("install.d/10-x"),
                 "#!/bin/sh\ntouch /phase-ran\n",
             );
+            write_script(
+                &hooks.join("finalise.d/10-fails"),
+                "#!/bin/sh\necho failed > /failed-here\nexit 4\n",
+            );
             let mut ctx = RunContext::new(&tree, &hooks, BuildLog::discard());
             ctx.echo = Echo::Never;
-            ctx.breaks = BreakPoints::parse(&["before-install"]).unwrap();
+            ctx.breaks = BreakPoints::parse(&["before-install,after-error"]).unwrap();
             let env = dib_env(&tree, &hooks);
-            match run_phase(&mut ctx, "install", true, &[script("e", "10-x")], &env) {
-                Ok(_) => println!("RESULT: ok"),
-                Err(e) => println!("RESULT: {e}"),
+            for (phase, name) in [("install", "10-x"), ("finalise", "10-fails")] {
+                match run_phase(&mut ctx, phase, true, &[script("e", name)], &env) {
+                    Ok(_) => println!("RESULT {phase}: ok"),
+                    Err(e) => println!("RESULT {phase}: {e}"),
+                }
             }
         }
         "interrupt" => {

@@ -640,7 +640,7 @@ fn a_break_shell_runs_in_the_chroot_with_the_phase_environment() {
 fn an_interrupt_kills_the_running_script_and_fails_the_phase() {
     let out = helper("interrupt", None);
     assert!(
-        out.contains("RESULT: interrupted while install.d/10-slow of element slowpoke"),
+        out.contains("RESULT: interrupted at install.d/10-slow of element slowpoke"),
         "{out}"
     );
     assert!(out.contains("MOUNTS-LEFT: 0"), "{out}");

@@ -91,7 +91,9 @@ pub enum RunError {
         status: ScriptStatus,
         last_lines: Vec<String>,
     },
-    #[error("interrupted while {phase}.d/{script} of element {element} was running; it was killed")]
+    #[error(
+        "interrupted at {phase}.d/{script} of element {element}; the script was killed or not started"
+    )]
     Interrupted {
         element: String,
         phase: String,
@@ -277,7 +279,7 @@ fn run_scripts(
             hooks_dir: &ctx.hooks_dir,
         }
     };
-    let env_map = env::script_environment(place, env);
+    let env_map = env::script_environment(place, env, std::env::vars_os());
     let hooks_dir = place.hooks_dir();
     let env_files = env::environment_files(&ctx.hooks_dir)
         .map_err(|source| RunError::EnvironmentDir {
@@ -338,6 +340,14 @@ fn run_script(
     if !is_plain_name(&script.name) {
         let (element, phase, script) = names();
         return Err(RunError::BadScriptName {
+            element,
+            phase,
+            script,
+        });
+    }
+    if interrupt::check().is_err() {
+        let (element, phase, script) = names();
+        return Err(RunError::Interrupted {
             element,
             phase,
             script,

@@ -282,8 +282,9 @@ impl ChrootMounts {
     }
 
     fn bind_hooks(&mut self, hooks: &Path) -> Result<(), SandboxError> {
-        let tmp = self.root.dir("tmp", 0o1777, Some(&mut self.created))?;
-        drop(tmp);
+        // /tmp first, so a tree without one gets it sticky and world-writable
+        // (in_target.d below it is made 0755).
+        self.root.dir("tmp", 0o1777, Some(&mut self.created))?;
         let rel = IN_TARGET_HOOKS.trim_start_matches('/');
         let root = self.mount_at(
             rel,

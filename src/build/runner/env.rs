@@ -52,15 +52,17 @@ impl Place<'_> {
 /// The environment of a script: for the host, kiln's own environment with
 /// `env` on top and the hooks' bin/ appended to PATH; in the chroot, `env`
 /// with the in-chroot TMP_HOOKS_PATH, PATH and HOME, plus kiln's proxy
-/// settings (unless `env` sets them).
+/// settings (unless `env` sets them). `inherited` is kiln's own environment
+/// (`std::env::vars_os()`).
 pub fn script_environment(
     place: Place<'_>,
     env: &BTreeMap<String, String>,
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> BTreeMap<OsString, OsString> {
     let mut out: BTreeMap<OsString, OsString> = BTreeMap::new();
     match place {
         Place::Host { hooks_dir } => {
-            out.extend(std::env::vars_os());
+            out.extend(inherited);
             out.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
             let mut path = out
                 .get(OsStr::new("PATH"))
@@ -71,14 +73,11 @@ pub fn script_environment(
             out.insert("PATH".into(), path);
         }
         Place::Chroot { .. } => {
-            for name in PROXY_VARS {
-                if let Some(value) = std::env::var_os(name) {
-                    out.insert(name.into(), value);
-                }
-            }
-            if let Some(term) = std::env::var_os("TERM") {
-                out.insert("TERM".into(), term);
-            }
+            out.extend(
+                inherited
+                    .into_iter()
+                    .filter(|(name, _)| PROXY_VARS.iter().any(|p| name == p) || name == "TERM"),
+            );
             out.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
             for name in NOT_IN_CHROOT {
                 out.remove(OsStr::new(name));
@@ -178,6 +177,19 @@ mod tests {
         ])
     }
 
+    fn inherited() -> Vec<(OsString, OsString)> {
+        [
+            ("http_proxy", "http://proxy:3128"),
+            ("NO_PROXY", "localhost"),
+            ("OTHER", "host value"),
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/home/builder"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+    }
+
     #[test]
     fn chroot_environment_uses_in_chroot_paths() {
         let env = script_environment(
@@ -185,6 +197,7 @@ mod tests {
                 tree: Path::new("/build/mnt"),
             },
             &dib_env(),
+            inherited(),
         );
         let get = |k: &str| {
             env.get(OsStr::new(k))
@@ -195,6 +208,10 @@ mod tests {
         assert_eq!(get("HOME").as_deref(), Some("/root"));
         assert_eq!(get("DIB_RELEASE").as_deref(), Some("bookworm"));
         assert_eq!(get("TMPDIR"), None);
+        assert_eq!(get("http_proxy").as_deref(), Some("http://proxy:3128"));
+        assert_eq!(get("NO_PROXY").as_deref(), Some("localhost"));
+        // Only the proxies (and TERM) cross into the chroot, not the host's HOME.
+        assert_eq!(get("OTHER"), None);
     }
 
     #[test]
@@ -204,6 +221,7 @@ mod tests {
                 hooks_dir: Path::new("/build/hooks"),
             },
             &dib_env(),
+            inherited(),
         );
         let get = |k: &str| {
             env.get(OsStr::new(k))
@@ -211,7 +229,11 @@ mod tests {
         };
         assert_eq!(get("TMP_HOOKS_PATH").as_deref(), Some("/build/hooks"));
         assert_eq!(get("TARGET_ROOT").as_deref(), Some("/build/mnt"));
-        assert!(get("PATH").unwrap().ends_with(":/build/hooks/bin"));
+        assert_eq!(get("OTHER").as_deref(), Some("host value"));
+        assert_eq!(
+            get("PATH").as_deref(),
+            Some("/usr/bin:/bin:/build/hooks/bin")
+        );
     }
 
     #[test]

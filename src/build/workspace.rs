@@ -146,6 +146,11 @@ pub fn script_environment(
     env.insert("TARGET_ROOT".into(), root.clone());
     env.insert("TMP_MOUNT_PATH".into(), root);
     env.insert("TMP_BUILD_DIR".into(), ws.dir().display().to_string());
+    // Host scripts see this; chroot scripts get /tmp/in_target.d instead.
+    env.insert(
+        "TMP_HOOKS_PATH".into(),
+        ws.hooks_dir().display().to_string(),
+    );
     env.insert("TMP_IMAGE_DIR".into(), ws.image_dir().display().to_string());
     env.insert("ELEMENTS_PATH".into(), elements_path.to_string());
     env.insert("DIB_IMAGE_CACHE".into(), default_image_cache());

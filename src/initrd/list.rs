@@ -11,7 +11,10 @@ use crate::format::initrd::{Compression, Initrd};
 
 /// Read and parse an initramfs file (kept whole in memory).
 pub fn read_initrd(path: &Path) -> Result<Initrd, InitrdError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let mut bytes = crate::util::bigbuf::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io_err(path))?;
     Initrd::parse(bytes).map_err(|source| InitrdError::Parse {
         path: path.to_path_buf(),
         source,

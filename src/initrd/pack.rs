@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::tree::{Node, PathKey, Tree, WriteOptions, archive_len, write_entries};
 use super::{InitrdError, io_err};
-use crate::format::cpio::{Blob, CpioError, FileType};
+use crate::format::cpio::{self, ArchiveWriter, Blob, CpioError, Entry, FileType};
 use crate::format::initrd::{self, Compression, SegmentEncoder};
 use crate::util::atomic_file::AtomicFile;
 use crate::util::interrupt;
@@ -40,19 +40,82 @@ pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<(), Initrd
         Some(early) => Some(tree_from_dir(early, opts.mtime_clamp)?),
         None => None,
     };
-    let tree = tree_from_dir(dir, opts.mtime_clamp)?;
+    let (tree, sources) = scan_dir(dir, opts.mtime_clamp, false)?;
     write_output(out, |mut sink| {
         if let Some(early) = &early {
             sink = write_segment(early, Compression::None, opts.mtime_clamp, false, sink)?;
         }
-        write_segment(
-            &tree,
-            opts.compression,
-            opts.mtime_clamp,
-            opts.progress,
-            sink,
-        )
+        let entries = tree.archive_entries_keyed(&WriteOptions {
+            mtime_clamp: opts.mtime_clamp,
+        });
+        write_streamed_segment(entries, &sources, opts, sink)
     })
+}
+
+/// Write a segment whose file data is read from the host while it is written:
+/// a reader thread reads the files in archive order while the compressor works
+/// on what came before, so reading and compressing overlap.
+fn write_streamed_segment<W: Write>(
+    mut entries: Vec<(PathKey, Entry)>,
+    sources: &Sources,
+    opts: &PackOptions,
+    sink: W,
+) -> Result<W, InitrdError> {
+    // The member of a hard-link group that carries the data is its last one.
+    let mut last_of_inode: HashMap<u32, usize> = HashMap::new();
+    for (i, (_, e)) in entries.iter().enumerate() {
+        if e.file_type() == FileType::File {
+            last_of_inode.insert(e.ino, i);
+        }
+    }
+    let mut pending: Vec<(usize, PathBuf, u64)> = Vec::new();
+    let mut len = cpio::trailer_len();
+    for (i, (key, e)) in entries.iter().enumerate() {
+        let carried = match sources.get(key) {
+            Some((path, size)) if last_of_inode.get(&e.ino) == Some(&i) => {
+                pending.push((i, path.clone(), *size));
+                *size as usize
+            }
+            _ => e.data.len(),
+        };
+        len += cpio::entry_len(e.name.len(), carried);
+    }
+    let encoder = SegmentEncoder::new(opts.compression, sink, Some(len))?;
+    let mut writer = ArchiveWriter::to(ProgressWriter::new(
+        encoder,
+        progress::bytes_bar(len, opts.progress),
+    ));
+    let order: Vec<usize> = pending.iter().map(|(i, _, _)| *i).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Blob, InitrdError>>(8);
+        let reader = scope.spawn(move || {
+            for (_, path, size) in &pending {
+                let data = read_exact_size(path, *size);
+                let failed = data.is_err();
+                if tx.send(data).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut next = order.iter().peekable();
+        for (i, (_, entry)) in entries.iter_mut().enumerate() {
+            interrupt::check()?;
+            if next.peek() == Some(&&i) {
+                next.next();
+                // The reader stops only after sending an error, which comes first.
+                entry.data = rx
+                    .recv()
+                    .expect("the reader sends every file or an error")?;
+            }
+            writer.add(entry)?;
+            // Written: the data is not needed any more.
+            entry.data = Blob::default();
+        }
+        drop(rx);
+        let _ = reader.join();
+        Ok::<(), InitrdError>(())
+    })?;
+    Ok(writer.finish()?.finish().finish()?)
 }
 
 /// Write `tree` as an initramfs file `out` of one segment (which appears only
@@ -112,6 +175,20 @@ where
 /// Read a directory tree (never following symlinks) with owners, modes, mtimes,
 /// device numbers and hard links. Mtimes are clamped to `mtime_clamp` first.
 pub fn tree_from_dir(dir: &Path, mtime_clamp: Option<u32>) -> Result<Tree, InitrdError> {
+    Ok(scan_dir(dir, mtime_clamp, true)?.0)
+}
+
+/// Host files whose data a scan left unread: tree key -> (path, size).
+type Sources = HashMap<PathKey, (PathBuf, u64)>;
+
+/// Walk `dir` like [`tree_from_dir`]; with `read_data` false, regular files get
+/// no data in the tree and are listed in the returned [`Sources`] instead.
+fn scan_dir(
+    dir: &Path,
+    mtime_clamp: Option<u32>,
+    read_data: bool,
+) -> Result<(Tree, Sources), InitrdError> {
+    let mut sources = Sources::new();
     let mut tree = Tree::new();
     let mut links: HashMap<(u64, u64), (u32, Blob)> = HashMap::new();
     let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
@@ -140,6 +217,11 @@ pub fn tree_from_dir(dir: &Path, mtime_clamp: Option<u32>) -> Result<Tree, Initr
             // applet links would otherwise be read 300 times).
             let known = links.get(&inode).filter(|_| linked).cloned();
             let data = match kind {
+                FileType::File if !read_data => {
+                    check_file_size(&child, meta.len())?;
+                    sources.insert(child_key.clone(), (child.clone(), meta.len()));
+                    Blob::default()
+                }
                 FileType::File => match &known {
                     Some((_, data)) => data.clone(),
                     None => read_file(&child, &meta)?,
@@ -166,7 +248,41 @@ pub fn tree_from_dir(dir: &Path, mtime_clamp: Option<u32>) -> Result<Tree, Initr
             tree.insert(child_key, node);
         }
     }
-    Ok(tree)
+    Ok((tree, sources))
+}
+
+/// The whole file at `path`, which must still be `size` bytes long.
+fn read_exact_size(path: &Path, size: u64) -> Result<Blob, InitrdError> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))?;
+    let mut data = Vec::with_capacity(size as usize);
+    (&mut file)
+        .take(size + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err(path))?;
+    if data.len() as u64 != size {
+        return Err(InitrdError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "changed while being packed ({size} bytes when listed, {} now)",
+                data.len()
+            )),
+        });
+    }
+    Ok(Blob::new(data))
+}
+
+fn check_file_size(path: &Path, size: u64) -> Result<(), InitrdError> {
+    if size > u64::from(u32::MAX) {
+        return Err(InitrdError::FileTooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    Ok(())
 }
 
 fn node_from(
@@ -197,12 +313,7 @@ fn node_from(
 }
 
 fn read_file(path: &Path, meta: &Metadata) -> Result<Blob, InitrdError> {
-    if meta.len() > u64::from(u32::MAX) {
-        return Err(InitrdError::FileTooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-        });
-    }
+    check_file_size(path, meta.len())?;
     let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)

@@ -342,6 +342,14 @@ impl Tree {
     /// Hard-linked files go at the end, after every directory. Data is shared, not
     /// copied.
     pub fn archive_entries(&self, opts: &WriteOptions) -> Vec<Entry> {
+        self.archive_entries_keyed(opts)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// [`Tree::archive_entries`], each with the key of its node.
+    pub fn archive_entries_keyed(&self, opts: &WriteOptions) -> Vec<(PathKey, Entry)> {
         let mut group_size: HashMap<u32, u32> = HashMap::new();
         for node in self.nodes.values() {
             if let Some(g) = node.link {
@@ -372,7 +380,10 @@ impl Tree {
             } else {
                 1
             };
-            entries.push(self.entry(key, node, ino, nlink, node.data.clone(), opts));
+            entries.push((
+                key.clone(),
+                self.entry(key, node, ino, nlink, node.data.clone(), opts),
+            ));
         }
         for (key, node) in links {
             let Some(g) = node.link else { continue };
@@ -388,7 +399,7 @@ impl Tree {
                 Blob::default()
             };
             let inode = *inode;
-            entries.push(self.entry(key, node, inode, size, data, opts));
+            entries.push((key.clone(), self.entry(key, node, inode, size, data, opts)));
         }
         entries
     }

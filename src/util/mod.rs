@@ -1,5 +1,6 @@
 //! Small helpers shared by every capability.
 
 pub mod atomic_file;
+pub mod bigbuf;
 pub mod interrupt;
 pub mod progress;

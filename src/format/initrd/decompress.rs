@@ -32,24 +32,39 @@ pub(super) fn decompress(
     let mut rest = input;
     let out = match compression {
         Compression::None => return Err(Error::Corrupt("not a compressed stream".into())),
-        Compression::Gzip => read_limited(flate2::bufread::GzDecoder::new(&mut rest), limit)?,
+        Compression::Gzip => read_limited(
+            flate2::bufread::GzDecoder::new(&mut rest),
+            limit,
+            expected_size(input, None),
+        )?,
         Compression::Xz => {
             let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
             read_limited(
                 liblzma::bufread::XzDecoder::new_stream(&mut rest, stream),
                 limit,
+                expected_size(input, None),
             )?
         }
-        Compression::Bzip2 => read_limited(bzip2::bufread::BzDecoder::new(&mut rest), limit)?,
+        Compression::Bzip2 => read_limited(
+            bzip2::bufread::BzDecoder::new(&mut rest),
+            limit,
+            expected_size(input, None),
+        )?,
         Compression::Zstd => return zstd_frame(input, limit),
         Compression::Lz4 => return lz4_legacy(input, limit),
     };
     Ok((out, input.len() - rest.len()))
 }
 
-fn read_limited(reader: impl Read, limit: u64) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
+/// A guess of the decompressed size: what the header says, else four times the
+/// compressed bytes (initramfs content compresses about 3-4x).
+fn expected_size(input: &[u8], declared: Option<u64>) -> usize {
+    declared.unwrap_or(input.len() as u64 * 4).min(1 << 32) as usize
+}
+
+fn read_limited(reader: impl Read, limit: u64, expected: usize) -> Result<Vec<u8>, Error> {
+    let mut out = crate::util::bigbuf::with_capacity(expected.min(limit as usize));
     reader.take(limit.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(Error::TooLarge);
@@ -67,8 +82,9 @@ fn zstd_frame(input: &[u8], limit: u64) -> Result<(Vec<u8>, usize), Error> {
     let frame = input
         .get(..len)
         .ok_or_else(|| Error::Corrupt("frame size past the end".into()))?;
+    let declared = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten();
     let decoder = zstd::stream::read::Decoder::with_buffer(frame)?.single_frame();
-    let out = read_limited(decoder, limit)?;
+    let out = read_limited(decoder, limit, expected_size(frame, declared))?;
     Ok((out, len))
 }
 

@@ -52,11 +52,10 @@ pub fn pack_dir(dir: &Path, out: &Path, opts: &PackOptions) -> Result<(), Initrd
     })
 }
 
-/// Write a segment whose file data is read from the host while it is written:
-/// a reader thread reads the files in archive order while the compressor works
-/// on what came before, so reading and compressing overlap.
+/// Write a segment whose file data is read from the host as it is written, so
+/// reading overlaps compressing and no file stays in memory.
 fn write_streamed_segment<W: Write>(
-    mut entries: Vec<(PathKey, Entry)>,
+    entries: Vec<(PathKey, Entry)>,
     sources: &Sources,
     opts: &PackOptions,
     sink: W,
@@ -85,36 +84,21 @@ fn write_streamed_segment<W: Write>(
         encoder,
         progress::bytes_bar(len, opts.progress),
     ));
-    let order: Vec<usize> = pending.iter().map(|(i, _, _)| *i).collect();
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Blob, InitrdError>>(8);
-        let reader = scope.spawn(move || {
-            for (_, path, size) in &pending {
-                let data = read_exact_size(path, *size);
-                let failed = data.is_err();
-                if tx.send(data).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let mut next = order.iter().peekable();
-        for (i, (_, entry)) in entries.iter_mut().enumerate() {
-            interrupt::check()?;
-            if next.peek() == Some(&&i) {
+    // Files are read just in time into one reused buffer; zstd's and xz's
+    // workers (and the gzip batches) compress what came before meanwhile.
+    let mut buf = Vec::new();
+    let mut next = pending.iter().peekable();
+    for (i, (_, entry)) in entries.iter().enumerate() {
+        interrupt::check()?;
+        match next.peek() {
+            Some((index, path, size)) if *index == i => {
+                buf = read_exact_size(path, *size, buf)?;
+                writer.add_with_data(entry, &buf)?;
                 next.next();
-                // The reader stops only after sending an error, which comes first.
-                entry.data = rx
-                    .recv()
-                    .expect("the reader sends every file or an error")?;
             }
-            writer.add(entry)?;
-            // Written: the data is not needed any more.
-            entry.data = Blob::default();
+            _ => writer.add(entry)?,
         }
-        drop(rx);
-        let _ = reader.join();
-        Ok::<(), InitrdError>(())
-    })?;
+    }
     Ok(writer.finish()?.finish().finish()?)
 }
 
@@ -251,14 +235,16 @@ fn scan_dir(
     Ok((tree, sources))
 }
 
-/// The whole file at `path`, which must still be `size` bytes long.
-fn read_exact_size(path: &Path, size: u64) -> Result<Blob, InitrdError> {
+/// The whole file at `path`, which must still be `size` bytes long, read into
+/// `data` (emptied first; its capacity is reused).
+fn read_exact_size(path: &Path, size: u64, mut data: Vec<u8>) -> Result<Vec<u8>, InitrdError> {
     let mut file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_err(path))?;
-    let mut data = Vec::with_capacity(size as usize);
+    data.clear();
+    data.reserve(size as usize);
     (&mut file)
         .take(size + 1)
         .read_to_end(&mut data)
@@ -272,7 +258,7 @@ fn read_exact_size(path: &Path, size: u64) -> Result<Blob, InitrdError> {
             )),
         });
     }
-    Ok(Blob::new(data))
+    Ok(data)
 }
 
 fn check_file_size(path: &Path, size: u64) -> Result<(), InitrdError> {

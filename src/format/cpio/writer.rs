@@ -62,22 +62,28 @@ impl<W: Write> ArchiveWriter<W> {
     /// or if its data does not fit newc's 32-bit size field; fails with
     /// [`CpioError::Write`] if the sink does.
     pub fn add(&mut self, entry: &Entry) -> Result<(), CpioError> {
+        self.add_with_data(entry, &entry.data)
+    }
+
+    /// [`ArchiveWriter::add`] with `data` in place of the entry's own (for data
+    /// read just in time into a reused buffer).
+    pub fn add_with_data(&mut self, entry: &Entry, data: &[u8]) -> Result<(), CpioError> {
         if entry.name.is_empty() || entry.name.contains(&0) {
             return Err(CpioError::NameNotStorable {
                 name: entry.name_lossy(),
             });
         }
-        let filesize = u32::try_from(entry.data.len()).map_err(|_| CpioError::TooLarge {
+        let filesize = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge {
             name: entry.name_lossy(),
             what: "size",
-            value: entry.data.len() as u64,
+            value: data.len() as u64,
         })?;
         let namesize = u32::try_from(entry.name.len() + 1).map_err(|_| CpioError::TooLarge {
             name: entry.name_lossy(),
             what: "name length",
             value: entry.name.len() as u64 + 1,
         })?;
-        self.put_entry(entry, filesize, namesize, &entry.name)
+        self.put_entry(entry, filesize, namesize, &entry.name, data)
     }
 
     /// Append the trailer and return the sink.
@@ -86,7 +92,7 @@ impl<W: Write> ArchiveWriter<W> {
             nlink: 1,
             ..Entry::default()
         };
-        self.put_entry(&trailer, 0, TRAILER.len() as u32 + 1, TRAILER)?;
+        self.put_entry(&trailer, 0, TRAILER.len() as u32 + 1, TRAILER, &[])?;
         self.sink.flush().map_err(CpioError::Write)?;
         Ok(self.sink)
     }
@@ -97,6 +103,7 @@ impl<W: Write> ArchiveWriter<W> {
         filesize: u32,
         namesize: u32,
         name: &[u8],
+        data: &[u8],
     ) -> Result<(), CpioError> {
         let head = &mut self.scratch;
         head.clear();
@@ -123,7 +130,6 @@ impl<W: Write> ArchiveWriter<W> {
         head.push(0);
         head.resize(pad4(head.len()), 0);
         self.sink.write_all(head).map_err(CpioError::Write)?;
-        let data: &[u8] = &e.data;
         self.sink.write_all(data).map_err(CpioError::Write)?;
         let pad = pad4(data.len()) - data.len();
         self.sink

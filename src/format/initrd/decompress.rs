@@ -82,7 +82,9 @@ fn zstd_frame(input: &[u8], limit: u64) -> Result<(Vec<u8>, usize), Error> {
     let frame = input
         .get(..len)
         .ok_or_else(|| Error::Corrupt("frame size past the end".into()))?;
-    let declared = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten();
+    let declared = zstd::zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten();
     let decoder = zstd::stream::read::Decoder::with_buffer(frame)?.single_frame();
     let out = read_limited(decoder, limit, expected_size(frame, declared))?;
     Ok((out, len))

@@ -29,7 +29,7 @@ pub fn stage(
     if bios {
         let platform = GrubPlatform::I386Pc;
         let (dir, _) = grub_dir(tree, &spec.host_root, platform)?;
-        let core_img = build_image(platform, &dir, &early, platform.embedded_modules())?;
+        let core_img = build_image(platform, &dir, &early, &platform.embedded_modules())?;
         // Refuse a core.img that could never be placed now, not after assembly.
         place_core(&core_img, 1)?;
         let boot_path = dir.join("boot.img");
@@ -42,7 +42,7 @@ pub fn stage(
     if efi {
         let platform = GrubPlatform::X86_64Efi;
         let (dir, _) = grub_dir(tree, &spec.host_root, platform)?;
-        let image = build_image(platform, &dir, &early, platform.embedded_modules())?;
+        let image = build_image(platform, &dir, &early, &platform.embedded_modules())?;
         let boot = ensure_dir(tree, &format!("{}/EFI/BOOT", spec.esp_dir))?;
         written.push(write_file(&boot, "BOOTX64.EFI", &image)?);
         if spec.copy_grub_modules {

@@ -36,43 +36,28 @@ impl GrubPlatform {
     /// Modules built into the image: everything the early config and grub.cfg use,
     /// so booting never depends on the copied module folder. grub-mkimage adds
     /// their dependencies from moddep.lst.
-    pub fn embedded_modules(self) -> &'static [&'static str] {
-        match self {
-            GrubPlatform::I386Pc => &[
-                "biosdisk",
-                "part_gpt",
-                "part_msdos",
-                "ext2",
-                "xfs",
-                "fat",
-                "search",
-                "normal",
-                "configfile",
-                "linux",
-                "boot",
-                "serial",
-                "terminal",
-                "echo",
-                "test",
-            ],
-            GrubPlatform::X86_64Efi => &[
-                "part_gpt",
-                "part_msdos",
-                "ext2",
-                "xfs",
-                "fat",
-                "search",
-                "normal",
-                "configfile",
-                "linux",
-                "boot",
-                "serial",
-                "terminal",
-                "echo",
-                "test",
-                "efi_gop",
-            ],
-        }
+    pub fn embedded_modules(self) -> Vec<&'static str> {
+        const COMMON: &[&str] = &[
+            "part_gpt",
+            "part_msdos",
+            "ext2",
+            "xfs",
+            "fat",
+            "search",
+            "normal",
+            "configfile",
+            "linux",
+            "boot",
+            "serial",
+            "terminal",
+            "echo",
+            "test",
+        ];
+        let (before, after): (&[&str], &[&str]) = match self {
+            GrubPlatform::I386Pc => (&["biosdisk"], &[]),
+            GrubPlatform::X86_64Efi => (&[], &["efi_gop"]),
+        };
+        [before, COMMON, after].concat()
     }
 }
 

@@ -154,16 +154,7 @@ pub fn write_outputs(
 
 /// A sparse copy of the raw disk.
 pub fn write_raw(disk: &Path, dest: &Path) -> Result<(), OutputError> {
-    let opts = ConvertOptions {
-        source_format: Some(ImageFormat::Raw),
-        output_format: ImageFormat::Raw,
-        ..ConvertOptions::default()
-    };
-    convert(disk, dest, &opts).map_err(|source| OutputError::Convert {
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    Ok(())
+    convert_raw_disk(disk, dest, ImageFormat::Raw, None)
 }
 
 /// qcow2 through kiln's writer.
@@ -172,9 +163,18 @@ pub fn write_qcow2(
     dest: &Path,
     compression: Option<CompressionType>,
 ) -> Result<(), OutputError> {
+    convert_raw_disk(disk, dest, ImageFormat::Qcow2, compression)
+}
+
+fn convert_raw_disk(
+    disk: &Path,
+    dest: &Path,
+    output_format: ImageFormat,
+    compression: Option<CompressionType>,
+) -> Result<(), OutputError> {
     let opts = ConvertOptions {
         source_format: Some(ImageFormat::Raw),
-        output_format: ImageFormat::Qcow2,
+        output_format,
         compression,
         ..ConvertOptions::default()
     };

@@ -16,12 +16,8 @@ pub fn make_ext4(
     exclude: &[PathBuf],
     job: &FsJob,
 ) -> Result<(), FsError> {
-    let staged = if exclude.is_empty() {
-        None
-    } else {
-        Some(stage::stage_without(tree, exclude)?)
-    };
-    let source = staged.as_ref().map_or(tree, |s| s.path());
+    let staged = stage::view_without(tree, exclude)?;
+    let source = staged.path();
     let mut cmd = Command::new("mke2fs");
     cmd.args(["-q", "-F", "-t", "ext4"])
         .arg("-d")

@@ -21,6 +21,31 @@ impl StagedTree {
     }
 }
 
+/// `tree` itself when nothing is excluded, else a staged view without `exclude`.
+pub enum TreeView<'a> {
+    Whole(&'a Path),
+    Staged(StagedTree),
+}
+
+impl TreeView<'_> {
+    pub fn path(&self) -> &Path {
+        match self {
+            TreeView::Whole(p) => p,
+            TreeView::Staged(s) => s.path(),
+        }
+    }
+}
+
+/// The view of `tree` a filesystem is made from: the tree, or a staged copy
+/// without `exclude` (removed when the view is dropped).
+pub fn view_without<'a>(tree: &'a Path, exclude: &[PathBuf]) -> Result<TreeView<'a>, FsError> {
+    if exclude.is_empty() {
+        Ok(TreeView::Whole(tree))
+    } else {
+        Ok(TreeView::Staged(stage_without(tree, exclude)?))
+    }
+}
+
 /// True when `rel` (relative to the tree) is one of `exclude`.
 fn excluded(rel: &Path, exclude: &[PathBuf]) -> bool {
     exclude.iter().any(|e| e == rel)

@@ -14,12 +14,8 @@ pub fn make_vfat(
     exclude: &[PathBuf],
     job: &FsJob,
 ) -> Result<(), FsError> {
-    let staged = if exclude.is_empty() {
-        None
-    } else {
-        Some(stage::stage_without(tree, exclude)?)
-    };
-    let source = staged.as_ref().map_or(tree, |s| s.path());
+    let staged = stage::view_without(tree, exclude)?;
+    let source = staged.path();
     let opts = FatOptions {
         size: job.size,
         fat_type: None,

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -94,27 +93,8 @@ pub fn script_environment(
 /// files (or symlinks to files) named like `10-foo.bash`, by byte order, as
 /// dib-run-parts picks them.
 pub fn environment_files(hooks_dir: &Path) -> std::io::Result<Vec<OsString>> {
-    let dir = hooks_dir.join("environment.d");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let allowed = !name.is_empty()
-            && name
-                .as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if allowed && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-            names.push(name);
-        }
-    }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
+    let names = crate::element::runparts::list_environment(&hooks_dir.join("environment.d"))?;
+    Ok(names.into_iter().map(OsString::from).collect())
 }
 
 /// The shell that sources environment.d and runs the script: bash, or sh

@@ -379,6 +379,15 @@ fn run_script(
     );
     ctx.log.line(header.as_bytes()).map_err(log_err)?;
 
+    let start_error = |source: io::Error| {
+        let (element, phase, script) = names();
+        RunError::Start {
+            element,
+            phase,
+            script,
+            source,
+        }
+    };
     let started = Instant::now();
     let running = spawn::start(&Launch {
         chroot: setup.chroot.as_deref(),
@@ -387,15 +396,7 @@ fn run_script(
         env: &setup.env,
         interactive: false,
     })
-    .map_err(|source| {
-        let (element, phase, script) = names();
-        RunError::Start {
-            element,
-            phase,
-            script,
-            source,
-        }
-    })?;
+    .map_err(&start_error)?;
     let prefix = echo.then(|| format!("{}/{phase}/{}: ", script.element, script.name));
     let mut sink = LineSink::new(&mut ctx.log, prefix);
     let pumped = pump(
@@ -423,15 +424,7 @@ fn run_script(
             });
         }
     }
-    let ending = running.wait().map_err(|source| {
-        let (element, phase, script) = names();
-        RunError::Start {
-            element,
-            phase,
-            script,
-            source,
-        }
-    })?;
+    let ending = running.wait().map_err(&start_error)?;
     let duration = started.elapsed();
     let last_lines = sink.finish().map_err(|source| RunError::Log {
         path: log_path.clone(),

@@ -335,7 +335,9 @@ fn append_entry<W: Write>(
 }
 
 /// squashfs (xz, as DIB) through mksquashfs, with every time set to `timestamp`
-/// and proc/, sys/ contents left out.
+/// and proc/, sys/ contents left out. Not the `backhand` crate: its writer keeps
+/// neither hard links nor xattrs (file capabilities, SELinux labels), which a
+/// root filesystem needs.
 pub fn write_squashfs(tree: &Path, dest: &Path, timestamp: i64) -> Result<(), OutputError> {
     let dir = dest
         .parent()

@@ -1,14 +1,19 @@
-//! QEMU's qcow2 format, versions 2 and 3: reader, streaming writer and checker.
+//! QEMU's qcow2 format, versions 2 and 3: reader, streaming writer, checker and
+//! in-place writer.
 
+pub mod alloc;
 pub mod check;
 pub mod compress;
 pub mod header;
 pub mod l2;
 pub mod reader;
+pub mod refcount_update;
+pub mod rw;
 pub mod writer;
 
 pub use header::{CompressionType, Header, MAGIC};
 pub use reader::{Backing, Qcow2Image};
+pub use rw::{Qcow2RwError, WritableQcow2};
 pub use writer::{ClusterData, Qcow2Writer, WriterOptions};
 
 #[derive(Debug, thiserror::Error)]

@@ -332,7 +332,7 @@ impl BlockSource for Qcow2Image {
 }
 
 /// Open the backing file `name` of the image at `path`.
-fn open_backing(
+pub(super) fn open_backing(
     path: &Path,
     name: &str,
     format: Option<&str>,

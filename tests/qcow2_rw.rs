@@ -179,7 +179,17 @@ fn run_case(c: &Case, seed: u64) {
     let size = c.size.to_string();
     if c.backing {
         qemu_img(&[
-            "create", "-q", "-f", "qcow2", "-o", &opts, "-b", "base.raw", "-F", "raw", s(&img),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &opts,
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            s(&img),
             &size,
         ]);
         // Some clusters of the overlay allocated by QEMU itself.
@@ -413,7 +423,14 @@ fn refcount_table_grows() {
     let img = dir.path().join("grow.qcow2");
     let reference = dir.path().join("grow.raw");
     qemu_img(&[
-        "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", s(&img), "16M",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        s(&img),
+        "16M",
     ]);
     fs::File::create(&reference)
         .unwrap()
@@ -455,7 +472,16 @@ fn zeroing_whole_clusters_frees_them() {
     let img = dir.path().join("full.qcow2");
     let mut rng = Rng(11);
     fs::write(&raw, rng.bytes(4 * MIB as usize)).unwrap();
-    qemu_img(&["convert", "-q", "-f", "raw", "-O", "qcow2", s(&raw), s(&img)]);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        s(&raw),
+        s(&img),
+    ]);
     let mut w = WritableQcow2::open(&img).unwrap();
     w.write_zeroes(0, 2 * MIB).unwrap();
     w.flush().unwrap();
@@ -471,7 +497,10 @@ fn zeroing_whole_clusters_frees_them() {
         .unwrap();
     assert_check_clean(&img);
     assert_same_content(&img, &reference);
-    assert!(zeroed <= 2 * MIB + MIB / 2, "{zeroed} bytes still allocated");
+    assert!(
+        zeroed <= 2 * MIB + MIB / 2,
+        "{zeroed} bytes still allocated"
+    );
 }
 
 /// Bytes of the disk that `qemu-img map` reports as data.
@@ -522,4 +551,36 @@ fn writes_past_the_disk_are_refused_and_change_nothing() {
     w.flush().unwrap();
     drop(w);
     assert!(fs::read(&img).unwrap() == before);
+}
+
+/// A crash before `flush` (simulated by never dropping the writer) leaves the
+/// image as it was: on a fully compressed image every write goes to new
+/// clusters that no metadata on disk points at yet.
+#[test]
+fn unflushed_writes_leave_the_image_unchanged_and_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("base.raw");
+    let img = dir.path().join("packed.qcow2");
+    let mut rng = Rng(13);
+    random_raw(&raw, 4 * MIB, 4096, &mut rng);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        s(&raw),
+        s(&img),
+    ]);
+    let scratch = dir.path().join("scratch.raw");
+    fs::copy(&raw, &scratch).unwrap();
+    let mut w = WritableQcow2::open(&img).unwrap();
+    random_writes(&mut w, &scratch, 200, &mut rng);
+    std::mem::forget(w);
+    assert_check_clean(&img);
+    assert_same_content(&img, &raw);
 }

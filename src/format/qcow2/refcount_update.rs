@@ -155,13 +155,7 @@ impl Refcounts {
         let offset = self.table[index as usize] & REFTABLE_OFFSET_MASK;
         let cs = self.cluster_size();
         let file_len = file.metadata()?.len();
-        check_table(
-            &format!("refcount block {index}"),
-            offset,
-            cs,
-            cs,
-            file_len,
-        )?;
+        check_table(&format!("refcount block {index}"), offset, cs, cs, file_len)?;
         let mut raw = vec![0u8; cs as usize];
         file.read_exact_at(&mut raw, offset)?;
         self.blocks.insert(
@@ -268,7 +262,10 @@ impl Refcounts {
             file.write_all_at(&raw, self.table_offset)?;
         } else {
             for &i in &self.dirty_entries {
-                file.write_all_at(&self.table[i].to_be_bytes(), self.table_offset + 8 * i as u64)?;
+                file.write_all_at(
+                    &self.table[i].to_be_bytes(),
+                    self.table_offset + 8 * i as u64,
+                )?;
             }
         }
         self.dirty_entries.clear();
@@ -311,7 +308,11 @@ mod tests {
                 set_entry(&mut raw, order, i, (i as u64 * 7 + 3) & max);
             }
             for i in 0..n {
-                assert_eq!(get_entry(&raw, order, i), (i as u64 * 7 + 3) & max, "{bits}");
+                assert_eq!(
+                    get_entry(&raw, order, i),
+                    (i as u64 * 7 + 3) & max,
+                    "{bits}"
+                );
             }
             set_entry(&mut raw, order, 1, max);
             assert_eq!(get_entry(&raw, order, 0), 3 & max);

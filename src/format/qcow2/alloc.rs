@@ -65,16 +65,6 @@ impl Allocator {
         Ok(c << self.cluster_bits)
     }
 
-    /// Allocate `n` contiguous clusters at the end of the file.
-    fn alloc_run_at_end(&mut self, file: &File, n: u64) -> Result<u64, Qcow2Error> {
-        let first = self.end;
-        self.end += n;
-        for c in first..first + n {
-            self.increment(file, c)?;
-        }
-        Ok(first << self.cluster_bits)
-    }
-
     fn increment(&mut self, file: &File, cluster: u64) -> Result<(), Qcow2Error> {
         self.ensure_block(file, cluster)?;
         let rc = self.refcounts.get(file, cluster)?;
@@ -127,11 +117,6 @@ impl Allocator {
             self.free_later(file, c << self.cluster_bits)?;
         }
         Ok(())
-    }
-
-    /// Allocate `n` contiguous clusters (used for tables that must be contiguous).
-    pub fn alloc_contiguous(&mut self, file: &File, n: u64) -> Result<u64, Qcow2Error> {
-        self.alloc_run_at_end(file, n)
     }
 
     /// Drop one reference to the host cluster containing byte `host` once the

@@ -1,13 +1,13 @@
 //! QEMU's qcow2 format, versions 2 and 3: reader, streaming writer, checker and
 //! in-place writer.
 
-pub mod alloc;
+mod alloc;
 pub mod check;
 pub mod compress;
 pub mod header;
 pub mod l2;
 pub mod reader;
-pub mod refcount_update;
+mod refcount_update;
 pub mod rw;
 pub mod writer;
 

@@ -23,6 +23,9 @@ pub struct LogicalVolume {
     pub extents: Vec<(u64, u64)>,
 }
 
+/// (first logical extent, (disk offset, length)) of one segment of a volume.
+type Segment = (u64, (u64, u64));
+
 /// The volumes found on an image's physical volumes.
 pub struct LvmScan {
     loops: Vec<LoopDevice>,
@@ -37,7 +40,7 @@ const LVM_CONFIG: &str = "global { activation = 0 } devices { use_devicesfile = 
 impl LvmScan {
     /// Read the layout of the volumes on `pvs`: (served file of the PV,
     /// offset of the PV on the disk).
-    pub fn open(pvs: &[(PathBuf, u64)], _writable: bool) -> Result<Self, GuestError> {
+    pub fn open(pvs: &[(PathBuf, u64)]) -> Result<Self, GuestError> {
         let mut scan = LvmScan {
             loops: Vec::new(),
             volumes: Vec::new(),
@@ -81,7 +84,7 @@ impl LvmScan {
             };
             pv_base.push((name, pvs[index].1 + pe_start));
         }
-        let mut segments: Vec<(String, Vec<(u64, (u64, u64))>)> = Vec::new();
+        let mut segments: Vec<(String, Vec<Segment>)> = Vec::new();
         for row in rows(&seg_json, "seg", &devices[0])? {
             let name = format!("{}/{}", field(&row, "vg_name"), field(&row, "lv_name"));
             let segtype = field(&row, "segtype");

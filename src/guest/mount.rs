@@ -183,7 +183,7 @@ impl GuestSession {
             .map(|(info, path)| (path.clone(), self.region_start(info)))
             .collect();
         if !pvs.is_empty() {
-            let scan = lvm::LvmScan::open(&pvs, self.writable)?;
+            let scan = lvm::LvmScan::open(&pvs)?;
             for lv in scan.volumes() {
                 let region = Region::new(disk.clone(), lv.extents.clone()).ok_or_else(|| {
                     GuestError::Lvm {
@@ -678,7 +678,6 @@ fn unescape_octal(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 1
             && b.get(i + 1..i + 4)
                 .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
         {

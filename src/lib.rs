@@ -10,6 +10,7 @@ pub mod disk;
 pub mod element;
 pub mod format;
 pub mod fs;
+pub mod guest;
 pub mod image;
 pub mod initrd;
 pub mod util;

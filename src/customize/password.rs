@@ -27,8 +27,12 @@ pub fn hash(password: &str, crypto: PasswordCrypto, user: &str) -> Result<String
     match crypto {
         PasswordCrypto::Sha512 => {
             use sha_crypt::PasswordHasher;
+            // 12 bytes encode to the 16 salt characters sha512-crypt uses;
+            // crypt(3) would silently cut a longer salt and never match.
+            let mut salt = [0u8; 12];
+            getrandom::fill(&mut salt).map_err(|e| PasswordError::Random(e.to_string()))?;
             sha_crypt::ShaCrypt::default()
-                .hash_password(password.as_bytes())
+                .hash_password_with_salt(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(|e| fail("sha512-crypt", e.to_string()))
         }

@@ -89,14 +89,14 @@ pub fn inspect(
 }
 
 fn hostname(g: &GuestRoot) -> Result<Option<String>, GuestError> {
-    if let Some(text) = g.read_string_opt("/etc/hostname")? {
-        if let Some(line) = text
-            .lines()
+    let first_line = g.read_string_opt("/etc/hostname")?.and_then(|text| {
+        text.lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            return Ok(Some(line.to_string()));
-        }
+            .map(String::from)
+    });
+    if first_line.is_some() {
+        return Ok(first_line);
     }
     if let Some(text) = g.read_string_opt("/etc/sysconfig/network")? {
         for line in text.lines() {

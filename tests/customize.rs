@@ -486,3 +486,144 @@ fn debian_root_customize_and_inspect() {
     let json = serde_json::to_value(&info).unwrap();
     assert_eq!(json["filesystems"][0]["label"], "root");
 }
+
+/// Build an empty noarch rpm with rpmbuild; returns its path.
+fn build_rpm(top: &Path, name: &str, version: &str, release: &str) -> std::path::PathBuf {
+    let spec = top.join(format!("{name}.spec"));
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: {name}\nVersion: {version}\nRelease: {release}\nSummary: test\nLicense: MIT\n\
+             BuildArch: noarch\n%description\ntest\n%files\n"
+        ),
+    )
+    .unwrap();
+    run(Command::new("rpmbuild")
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("-bb")
+        .arg(&spec));
+    top.join(format!("RPMS/noarch/{name}-{version}-{release}.noarch.rpm"))
+}
+
+#[test]
+fn inspect_reads_the_sqlite_rpmdb() {
+    if Command::new("rpmbuild").arg("--version").output().is_err() {
+        eprintln!("rpmbuild missing (apt-get install rpm): skipped");
+        return;
+    }
+    let g = busybox_root();
+    let r = g.path();
+    std::fs::write(
+        r.join("etc/os-release"),
+        "ID=\"rhel\"\nVERSION_ID=\"9.4\"\nNAME=\"Red Hat Enterprise Linux\"\n",
+    )
+    .unwrap();
+    let top = tempfile::tempdir().unwrap();
+    let a = build_rpm(top.path(), "kiln-alpha", "1.2", "3.el9");
+    let b = build_rpm(top.path(), "kiln-beta", "0.9~rc1", "1");
+    let db = r.join("var/lib/rpm");
+    std::fs::create_dir_all(&db).unwrap();
+    let dbpath = format!("_dbpath {}", db.display());
+    run(Command::new("rpm").args([
+        "--define",
+        &dbpath,
+        "--define",
+        "_db_backend sqlite",
+        "--initdb",
+    ]));
+    run(Command::new("rpm")
+        .args([
+            "--define",
+            &dbpath,
+            "--define",
+            "_db_backend sqlite",
+            "-i",
+            "--justdb",
+            "--nodeps",
+        ])
+        .arg(&a)
+        .arg(&b));
+    assert!(db.join("rpmdb.sqlite").exists());
+    let oracle = run(Command::new("rpm").args([
+        "--define",
+        &dbpath,
+        "-qa",
+        "--qf",
+        "%{NAME} %{VERSION} %{RELEASE} %{ARCH}\\n",
+    ]));
+    let mut expected: Vec<&str> = oracle.lines().collect();
+    expected.sort();
+    let info = customize::inspect::inspect(r, "/dev/vda3", &[]).unwrap();
+    assert_eq!(info.package_format.as_deref(), Some("rpm"));
+    assert_eq!(
+        (info.distro.as_str(), info.major_version, info.minor_version),
+        ("rhel", Some(9), Some(4))
+    );
+    let got: Vec<String> = info
+        .packages
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} {} {}",
+                p.name,
+                p.version,
+                p.release.clone().unwrap_or_default(),
+                p.arch
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 2);
+    // EL9 defaults to yescrypt, like virt-customize.
+    apply(r, &["--root-password", "password:x"]).unwrap();
+    assert!(shadow_hash(r, "root").starts_with("$y$"));
+}
+
+#[test]
+fn ssh_inject_timezone_and_run_script() {
+    private_ns();
+    let g = busybox_root();
+    let r = g.path();
+    std::fs::create_dir_all(r.join("usr/share/zoneinfo/Europe")).unwrap();
+    std::fs::write(r.join("usr/share/zoneinfo/Europe/Paris"), "TZif").unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let script = host.path().join("setup.sh");
+    std::fs::write(&script, "#!/bin/sh\nid -u > /whoami\n").unwrap();
+    apply(
+        r,
+        &[
+            "--ssh-inject",
+            "alice:string:ssh-ed25519 AAAAC3Nza alice@host",
+            "--ssh-inject",
+            "alice:string:ssh-ed25519 AAAAC3Nza alice@host",
+            "--timezone",
+            "Europe/Paris",
+            "--run",
+            script.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        read(r, "home/alice/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3Nza alice@host\n"
+    );
+    assert_eq!(stat(r, "home/alice/.ssh", "%a %u %g"), "700 1000 1000");
+    assert_eq!(
+        stat(r, "home/alice/.ssh/authorized_keys", "%a %u %g"),
+        "600 1000 1000"
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("etc/localtime")).unwrap(),
+        Path::new("/usr/share/zoneinfo/Europe/Paris")
+    );
+    assert_eq!(read(r, "whoami"), "0\n");
+    let e = apply(r, &["--timezone", "Mars/Olympus"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/usr/share/zoneinfo/Mars/Olympus"), "{e}");
+    let e = apply(r, &["--install", "vim"]).unwrap_err().to_string();
+    assert!(e.contains("no package manager"), "{e}");
+    let e = apply(r, &["--sm-unregister"]).unwrap_err().to_string();
+    assert!(e.contains("subscription-manager is not installed"), "{e}");
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::customize::CustomizeError;
 use crate::customize::edit::Substitution;
-use crate::customize::guest::{GuestRoot, Kind, walk_files};
+use crate::customize::guest::{GuestRoot, Kind, walk_files_for_writing};
 
 fn local_err(path: &Path, source: std::io::Error) -> CustomizeError {
     CustomizeError::Local {
@@ -196,7 +196,7 @@ pub fn truncate(root: &GuestRoot, path: &str) -> Result<(), CustomizeError> {
 }
 
 pub fn truncate_recursive(root: &GuestRoot, path: &str) -> Result<(), CustomizeError> {
-    walk_files(root, path, &mut |shown, file| {
+    walk_files_for_writing(root, path, &mut |shown, file| {
         file.set_len(0)
             .map_err(|source| crate::customize::guest::GuestError::Io {
                 what: "truncating",

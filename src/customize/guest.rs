@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
@@ -389,8 +389,6 @@ fn list_fd(fd: BorrowedFd<'_>, path: &str) -> Result<Vec<String>, GuestError> {
     Ok(names)
 }
 
-use std::os::fd::BorrowedFd;
-
 /// Remove `name` in `dir`, recursing into directories by fd (never following links).
 fn remove_entry(dir: BorrowedFd<'_>, name: &str, shown: &str) -> Result<(), GuestError> {
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -415,9 +413,10 @@ fn remove_entry(dir: BorrowedFd<'_>, name: &str, shown: &str) -> Result<(), Gues
     }
 }
 
-/// Call `f(guest_path, file_fd)` for every regular file below the directory
-/// `path` (sorted, depth first; symlinks are not followed).
-pub fn walk_files(
+/// Call `f(guest_path, file)` for every regular file below the directory
+/// `path`, each opened for writing (sorted, depth first; symlinks are not
+/// followed).
+pub fn walk_files_for_writing(
     root: &GuestRoot,
     path: &str,
     f: &mut dyn FnMut(&str, &File) -> Result<(), GuestError>,

@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use crate::format::qcow2::WritableQcow2;
 use crate::format::{BlockSource, Extent, ExtentKind, ImageFormat};
 
 /// Unit of copy-on-write: the page size, which is what the loop device and
@@ -37,11 +38,8 @@ pub enum OverlayError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "{path}: writing changes into a qcow2 image needs the qcow2 writer \
-         (in-place cluster allocation), which this build does not have"
-    )]
-    Qcow2WriteUnsupported { path: PathBuf },
+    #[error("{0}")]
+    Qcow2Commit(Box<crate::format::qcow2::Qcow2RwError>),
     #[error("{path}: {source}")]
     OpenForCommit {
         path: PathBuf,
@@ -113,9 +111,30 @@ impl ImageWriter for RawWriter {
 pub fn open_writer(path: &Path, format: ImageFormat) -> Result<Box<dyn ImageWriter>, OverlayError> {
     match format {
         ImageFormat::Raw => Ok(Box::new(RawWriter::open(path)?)),
-        ImageFormat::Qcow2 => Err(OverlayError::Qcow2WriteUnsupported {
-            path: path.to_path_buf(),
-        }),
+        ImageFormat::Qcow2 => Ok(Box::new(Qcow2Writer(
+            WritableQcow2::open(path).map_err(|e| OverlayError::Qcow2Commit(Box::new(e)))?,
+        ))),
+    }
+}
+
+/// A qcow2 image changed in place: only the clusters that change are written.
+struct Qcow2Writer(WritableQcow2);
+
+fn qcow2_io(e: crate::format::qcow2::Qcow2RwError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl ImageWriter for Qcow2Writer {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, data).map_err(qcow2_io)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.0.write_zeroes(offset, len).map_err(qcow2_io)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(qcow2_io)
     }
 }
 

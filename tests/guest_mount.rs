@@ -264,7 +264,12 @@ fn qcow2_commit_writes_only_changed_clusters_in_place() {
         .arg(&back));
     let root_fs = dir.path().join("root.out");
     let root_off = partition_offset(&back, 2);
-    extract(&back, root_off, 64 * 1024 * 1024 - root_off - 34 * 512, &root_fs);
+    extract(
+        &back,
+        root_off,
+        64 * 1024 * 1024 - root_off - 34 * 512,
+        &root_fs,
+    );
     assert_eq!(debugfs_cat(&root_fs, "/etc/x"), "into the qcow2\n");
     run(Command::new("e2fsck").arg("-fn").arg(&root_fs));
     // In place: the file grew by about what changed, not by the disk.

@@ -15,6 +15,20 @@ pub enum ImageCommand {
     Build(super::build::BuildArgs),
     /// Build an image from elements, with disk-image-create's flags
     Create(super::build::CreateArgs),
+    /// Change an image in place, transactionally (virt-customize's operations)
+    Customize(super::customize::CustomizeArgs),
+    /// Reset an image for cloning (virt-sysprep's operations)
+    Sysprep(super::customize::SysprepArgs),
+    /// Describe the operating system in an image (like virt-inspector)
+    Inspect(super::customize::InspectArgs),
+    /// List a directory of the guest
+    Ls(super::customize::GuestPathArgs),
+    /// Print a file of the guest
+    Cat(super::customize::GuestPathArgs),
+    /// Copy a guest file or directory to a host directory
+    CopyOut(super::customize::CopyOutArgs),
+    /// Copy host files or directories into a guest directory
+    CopyIn(super::customize::CopyInArgs),
     /// Convert an image to raw or qcow2 (like qemu-img convert)
     Convert(ConvertArgs),
     /// Show format, sizes, clusters, compression and backing chain
@@ -103,6 +117,13 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
     match cmd {
         ImageCommand::Build(args) => super::build::run_build(args),
         ImageCommand::Create(args) => super::build::run_create(args),
+        ImageCommand::Customize(args) => super::customize::run_customize(args),
+        ImageCommand::Sysprep(args) => super::customize::run_sysprep(args),
+        ImageCommand::Inspect(args) => super::customize::run_inspect(args),
+        ImageCommand::Ls(args) => super::customize::run_ls(args),
+        ImageCommand::Cat(args) => super::customize::run_cat(args),
+        ImageCommand::CopyOut(args) => super::customize::run_copy_out(args),
+        ImageCommand::CopyIn(args) => super::customize::run_copy_in(args),
         ImageCommand::Convert(args) => run_convert(args),
         ImageCommand::Info(args) => run_info(args),
         ImageCommand::Check(args) => run_check(args),

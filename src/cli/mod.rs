@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
 mod build;
+mod customize;
 mod image;
 mod initrd;
 
@@ -21,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Disk images: build, create, convert, info, check
+    /// Disk images: build, create, customize, sysprep, inspect, ls, cat, copy-in/out, convert, info, check
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Linux initramfs images: ls, extract, pack, rm

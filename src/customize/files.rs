@@ -131,15 +131,7 @@ fn copy_guest_tree(root: &GuestRoot, source: &str, dest: &str) -> Result<(), Cus
     match root.kind(source)? {
         None => Err(CustomizeError::Missing(source.to_string())),
         Some(Kind::Symlink) => {
-            let (dir, name) = root.parent(source)?;
-            let target = rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).map_err(|e| {
-                crate::customize::guest::GuestError::Io {
-                    what: "reading the link",
-                    path: source.to_string(),
-                    source: e.into(),
-                }
-            })?;
-            root.symlink(&target.to_string_lossy(), dest)?;
+            root.symlink(&root.read_link(source)?, dest)?;
             Ok(())
         }
         Some(Kind::Dir) => {

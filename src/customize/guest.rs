@@ -123,6 +123,19 @@ impl GuestRoot {
         Ok((fd, name.to_string()))
     }
 
+    /// The target of the symlink `path` (the link itself is not followed).
+    pub fn read_link(&self, path: &str) -> Result<String, GuestError> {
+        let (dir, name) = self.parent(path)?;
+        let target = rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).map_err(|e| {
+            GuestError::Io {
+                what: "reading the link",
+                path: path.to_string(),
+                source: e.into(),
+            }
+        })?;
+        Ok(target.to_string_lossy().into_owned())
+    }
+
     /// Open a file for reading (symlinks followed, inside the root).
     pub fn open_read(&self, path: &str) -> Result<File, GuestError> {
         let fd = self

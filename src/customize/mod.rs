@@ -9,6 +9,7 @@ pub mod edit;
 pub mod files;
 pub mod firstboot;
 pub mod guest;
+pub mod image;
 pub mod inspect;
 pub mod ops;
 pub mod osinfo;
@@ -70,12 +71,13 @@ pub enum CustomizeError {
     NoSmCredentials,
     #[error("firstboot needs a systemd or busybox-init guest; this guest has neither")]
     NoFirstbootInit,
-    #[error("operation {index} ({op}) failed: {source}")]
+    // The cause is part of the message (not a `source`), so error chains do
+    // not print it twice.
+    #[error("operation {index} ({op}) failed: {cause}")]
     Op {
         index: usize,
         op: String,
-        #[source]
-        source: Box<CustomizeError>,
+        cause: Box<CustomizeError>,
     },
 }
 
@@ -110,7 +112,7 @@ pub fn customize(
         apply(&guest, op, custom, crypto).map_err(|source| CustomizeError::Op {
             index: index + 1,
             op: describe(op),
-            source: Box::new(source),
+            cause: Box::new(source),
         })?;
     }
     Ok(())

@@ -18,7 +18,7 @@ mod tree;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-pub use mountinfo::mounts_below;
+pub use mountinfo::{mounts_below, unescape_octal};
 pub use namespace::{BuildTmpfs, enter_private_mount_namespace, in_private_mount_namespace};
 
 use resolv::ResolvSwap;

@@ -673,25 +673,7 @@ fn parse_fstab(text: &str) -> Vec<FstabEntry> {
 
 /// fstab writes spaces in names as \040.
 fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && b.get(i + 1..i + 4)
-                .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
-        {
-            let v = b[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&crate::build::sandbox::unescape_octal(s.as_bytes())).into_owned()
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-/// Undo the octal escapes (`\040` for a space, ...) of a mountinfo field.
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// Undo the octal escapes (`\040` for a space, ...) of a mountinfo or fstab field.
+pub fn unescape_octal(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
@@ -33,7 +33,7 @@ fn unescape(field: &[u8]) -> Vec<u8> {
 pub fn parse_mount_points(text: &[u8]) -> Vec<PathBuf> {
     text.split(|&b| b == b'\n')
         .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(OsString::from_vec(unescape(field))))
+        .map(|field| PathBuf::from(OsString::from_vec(unescape_octal(field))))
         .collect()
 }
 
@@ -72,9 +72,9 @@ mod tests {
     fn unescapes_octal_sequences() {
         let points = parse_mount_points(SAMPLE);
         assert_eq!(points[1], Path::new("/build/my tree"));
-        assert_eq!(unescape(b"a\\134b"), b"a\\b");
+        assert_eq!(unescape_octal(b"a\\134b"), b"a\\b");
         // A trailing backslash without three digits stays as it is.
-        assert_eq!(unescape(b"a\\04"), b"a\\04");
+        assert_eq!(unescape_octal(b"a\\04"), b"a\\04");
     }
 
     #[test]

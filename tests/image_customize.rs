@@ -286,3 +286,62 @@ fn inspect_ls_cat_and_sysprep_agree_with_the_image() {
         "busybox"
     );
 }
+
+#[test]
+fn tar_in_unpacks_gnu_tar_archives_confined_to_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = copy_of_image(dir.path());
+    let image_arg = image.to_str().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("etc/kiln.d")).unwrap();
+    std::fs::write(src.join("etc/kiln.d/conf"), "from a tarball\n").unwrap();
+    std::os::unix::fs::symlink("conf", src.join("etc/kiln.d/link")).unwrap();
+    let tarball = dir.path().join("in.tar.xz");
+    run(Command::new("tar")
+        .args(["-cJf"])
+        .arg(&tarball)
+        .args(["--owner=1234", "--group=99", "--mode=u=rw,g=r,o=", "-C"])
+        .arg(&src)
+        .arg("."));
+    let out = kiln(&[
+        "image",
+        "customize",
+        "-a",
+        image_arg,
+        "--tar-in",
+        &format!("{}:/", tarball.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_qemu_img_check_clean(&image);
+    assert_eq!(debugfs_cat(&image, "/etc/kiln.d/conf"), "from a tarball\n");
+    let out = kiln(&["image", "ls", image_arg, "/etc/kiln.d"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "conf\nlink\n");
+
+    // A member that climbs out of the target is refused; nothing is written.
+    let before = sha256(&image);
+    let evil = dir.path().join("evil.tar");
+    run(Command::new("tar")
+        .args(["-cf"])
+        .arg(&evil)
+        .args(["-C"])
+        .arg(&src)
+        .args(["--transform", "s,^\\./etc,../../escape,", "./etc"]));
+    let out = kiln(&[
+        "image",
+        "customize",
+        "-a",
+        image_arg,
+        "--tar-in",
+        &format!("{}:/tmp", evil.display()),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("leaves the target"),
+        "{stderr}"
+    );
+    assert_eq!(sha256(&image), before);
+}

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod osinfo;
 pub mod password;
 pub mod sysprep;
+pub mod tarin;
 
 use std::path::{Path, PathBuf};
 
@@ -83,14 +84,44 @@ pub enum CustomizeError {
 
 /// A short description of an op for messages and progress (no secrets).
 pub fn describe(op: &Op) -> String {
+    let p = |path: &std::path::Path| path.display().to_string();
     match op {
+        Op::AppendLine { file, .. } => format!("--append-line {file}"),
+        Op::Chmod { mode, path } => format!("--chmod {mode:o}:{path}"),
+        Op::Chown { uid, gid, path } => format!("--chown {uid}.{gid}:{path}"),
+        Op::Copy { source, dest } => format!("--copy {source}:{dest}"),
+        Op::CopyIn { local, remote_dir } => format!("--copy-in {}:{remote_dir}", p(local)),
+        Op::Delete(path) => format!("--delete {path}"),
+        Op::Edit { file, expr } => format!("--edit {file}:{expr}"),
+        Op::Firstboot(script) => format!("--firstboot {}", p(script)),
+        Op::FirstbootCommand(cmd) => format!("--firstboot-command {cmd}"),
+        Op::FirstbootInstall(pkgs) => format!("--firstboot-install {}", pkgs.join(",")),
+        Op::Hostname(name) => format!("--hostname {name}"),
+        Op::Install(pkgs) => format!("--install {}", pkgs.join(",")),
+        Op::Uninstall(pkgs) => format!("--uninstall {}", pkgs.join(",")),
+        Op::Update => "--update".into(),
+        Op::Link { target, links } => format!("--link {target}:{}", links.join(":")),
+        Op::Mkdir(path) => format!("--mkdir {path}"),
+        Op::Move { source, dest } => format!("--move {source}:{dest}"),
+        // Never the password itself.
         Op::Password { user, .. } => format!("--password {user}:..."),
+        Op::Run(script) => format!("--run {}", p(script)),
+        Op::RunCommand(cmd) => format!("--run-command {cmd}"),
+        Op::Scrub(path) => format!("--scrub {path}"),
+        Op::SelinuxRelabel => "--selinux-relabel".into(),
+        Op::SshInject { user, .. } => format!("--ssh-inject {user}"),
+        Op::TarIn { local, remote_dir } => format!("--tar-in {}:{remote_dir}", p(local)),
+        Op::Timezone(tz) => format!("--timezone {tz}"),
+        Op::Touch(path) => format!("--touch {path}"),
+        Op::Truncate(path) => format!("--truncate {path}"),
+        Op::TruncateRecursive(path) => format!("--truncate-recursive {path}"),
+        Op::Upload { local, dest } => format!("--upload {}:{dest}", p(local)),
+        // The content may be a secret; the file name is enough.
         Op::Write { file, .. } => format!("--write {file}"),
-        Op::RunCommand(c) => format!("--run-command {c}"),
-        other => {
-            let text = format!("{other:?}");
-            text.chars().take(120).collect()
-        }
+        Op::SmRegister => "--sm-register".into(),
+        Op::SmAttach(_) => "--sm-attach".into(),
+        Op::SmRemove => "--sm-remove".into(),
+        Op::SmUnregister => "--sm-unregister".into(),
     }
 }
 
@@ -130,6 +161,7 @@ fn apply(
         Op::Chown { uid, gid, path } => Ok(g.chown(path, *uid, *gid)?),
         Op::Copy { source, dest } => files::copy(g, source, dest),
         Op::CopyIn { local, remote_dir } => files::copy_in(g, local, remote_dir),
+        Op::TarIn { local, remote_dir } => tarin::tar_in(g, local, remote_dir),
         Op::Delete(path) => Ok(g.remove_all(path)?),
         Op::Edit { file, expr } => files::edit(g, file, expr),
         Op::Firstboot(local) => firstboot::add_file(g, local),

@@ -96,6 +96,11 @@ pub enum Op {
         user: String,
         key: SshKey,
     },
+    /// `--tar-in TARFILE:REMOTEDIR`: unpack a (gzip/xz/zstd/bzip2) tarball there.
+    TarIn {
+        local: PathBuf,
+        remote_dir: String,
+    },
     Timezone(String),
     Touch(String),
     Truncate(String),
@@ -199,6 +204,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "scrub",
     "selinux-relabel",
     "ssh-inject",
+    "tar-in",
     "timezone",
     "touch",
     "truncate",
@@ -269,6 +275,17 @@ fn bad(option: &str, arg: &str, reason: impl Into<String>) -> OpParseError {
 }
 
 /// `A:B` split at the first colon, both parts non-empty.
+/// `LOCAL:REMOTE`, split at the last colon (local paths may hold colons).
+fn local_and_remote<'a>(
+    option: &str,
+    arg: &'a str,
+    what: &str,
+) -> Result<(&'a str, &'a str), OpParseError> {
+    arg.rsplit_once(':')
+        .filter(|(l, r)| !l.is_empty() && !r.is_empty())
+        .ok_or_else(|| bad(option, arg, format!("expected {what}")))
+}
+
 fn split2<'a>(option: &str, arg: &'a str, what: &str) -> Result<(&'a str, &'a str), OpParseError> {
     match arg.split_once(':') {
         Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a, b)),
@@ -408,11 +425,15 @@ fn apply_option(
             }
         }
         "copy-in" => {
-            let (l, r) = a
-                .rsplit_once(':')
-                .filter(|(l, r)| !l.is_empty() && !r.is_empty())
-                .ok_or_else(|| bad(name, a, "expected LOCALPATH:REMOTEDIR"))?;
+            let (l, r) = local_and_remote(name, a, "LOCALPATH:REMOTEDIR")?;
             Op::CopyIn {
+                local: l.into(),
+                remote_dir: r.into(),
+            }
+        }
+        "tar-in" => {
+            let (l, r) = local_and_remote(name, a, "TARFILE:REMOTEDIR")?;
+            Op::TarIn {
                 local: l.into(),
                 remote_dir: r.into(),
             }

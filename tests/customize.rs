@@ -44,10 +44,10 @@ fn parser_keeps_order_and_names_bad_arguments() {
     ])
     .unwrap();
     let names: Vec<String> = c.ops.iter().map(customize::describe).collect();
-    assert_eq!(names[0], "Mkdir(\"/a\")");
+    assert_eq!(names[0], "--mkdir /a");
     assert_eq!(names[1], "--write /a/f");
     assert_eq!(names[2], "--run-command true");
-    assert_eq!(names[3], "Delete(\"/a\")");
+    assert_eq!(names[3], "--delete /a");
     let e = parse_args(&["--chmod", "rwx:/f"]).unwrap_err().to_string();
     assert!(e.contains("--chmod") && e.contains("rwx:/f"), "{e}");
     let e = parse_args(&["--root-password", "hunter2"])

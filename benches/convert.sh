@@ -17,6 +17,8 @@ set -euo pipefail
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 REPO=$(dirname "$(dirname "$SCRIPT")")
+# shellcheck source=benches/lib/common.sh
+. "$REPO/benches/lib/common.sh"
 ALL_CASES=(zlib zstd zlib-raw zstd-raw qcow2 raw)
 
 # ---------------------------------------------------------------------------
@@ -51,7 +53,6 @@ GOAL_UNCOMPRESSED=1.0
 GOAL_RSS_MIB=256
 
 die() { printf 'convert.sh: error: %s\n' "$*" >&2; exit 1; }
-say() { printf '%s\n' "$*" >&2; }
 
 usage() {
 	cat <<EOF
@@ -72,20 +73,9 @@ Results: a Markdown table on stdout and in \$KILN_BENCH_DIR/results.md.
 EOF
 }
 
-# awk one-liners for float arithmetic; arguments are passed as variables.
-fcalc() { awk -v a="$1" -v b="$2" "BEGIN { $3 }"; }
-ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.2f", a / b; else print "inf"'; }
-# Size ratios get four decimals: the 2% goal must not pass by rounding.
-size_ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.4f", a / b; else print "inf"'; }
-fge()   { fcalc "$1" "$2" 'exit !(a != "inf" && a + 0 >= b + 0 || a == "inf")'; }
 fle()   { fcalc "$1" "$2" 'exit !(a + 0 <= b + 0)'; }
 flt()   { fcalc "$1" "$2" 'exit !(a + 0 < b + 0)'; }
-mib()   { fcalc "$1" 0 'printf "%.1f", a / 1024'; }        # KiB -> MiB
-# CPU ticks all processes spent running (user, nice, system, irq, softirq)
-# plus steal, summed over CPUs.
-busy_ticks() { awk '$1 == "cpu" { printf "%.0f\n", $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 alloc_bytes() { du -B1 -- "$1" | cut -f1; }
-file_bytes()  { stat -c %s -- "$1"; }
 
 # Bytes of guest data a raw or qcow2 image holds, from qemu-img map.
 mapped_bytes() {
@@ -470,22 +460,7 @@ report() {
 			if flt "$(mib "$rss")" "$GOAL_RSS_MIB"; then goal "$text" "$(mib "$rss") MiB" 0; else goal "$text" "$(mib "$rss") MiB" 1; fi
 		else goal "$text" "case failed" 1; fi
 	done
-	if ((busy)); then
-		printf '\n**Other processes took more than %s%% of the CPUs during some runs: wall times and ratios are unreliable.**\n' "$OTHER_MAX"
-	fi
-	printf '\n## Goals\n\n| goal | measured | result |\n|---|--:|---|\n'
-	printf '%s\n' "${GOALS[@]}"
-	printf '\n%d of %d goals failed.' "$GOAL_FAILS" "${#GOALS[@]}"
-	if ((any_error)); then
-		printf ' Some cases did not complete:\n\n'
-		for c in "${CASES[@]}"; do
-			status=$(cat "$RUN_DIR/$c.status" 2>/dev/null || echo "error: not run")
-			[[ $status == ok ]] || printf -- '- %s: %s\n' "$c" "$status"
-		done
-	else
-		printf '\n'
-	fi
-	return "$any_error"
+	report_goals "$busy" "$any_error"
 }
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,8 @@ set -euo pipefail
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 REPO=$(dirname "$(dirname "$SCRIPT")")
+# shellcheck source=benches/lib/common.sh
+. "$REPO/benches/lib/common.sh"
 ALL_CASES=(customize inspect)
 
 GOAL_CUSTOMIZE=10.0
@@ -35,7 +37,6 @@ OPS=(--root-password "password:$PASSWORD" --write /etc/kiln-bench:hello --mkdir 
 OPS_SHOWN="--root-password password:X --write /etc/kiln-bench:hello --mkdir /opt/bench --hostname benchhost --run-command 'echo ok > /opt/bench/ran'"
 
 die() { printf 'customize.sh: error: %s\n' "$*" >&2; exit 1; }
-say() { printf '%s\n' "$*" >&2; }
 
 usage() {
 	cat <<EOF
@@ -58,13 +59,6 @@ Results: a Markdown table on stdout and in \$KILN_BENCH_DIR/customize-results.md
 EOF
 }
 
-fcalc() { awk -v a="$1" -v b="$2" "BEGIN { $3 }"; }
-ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.2f", a / b; else print "inf"'; }
-fge() { fcalc "$1" "$2" 'exit !(a != "inf" && a + 0 >= b + 0 || a == "inf")'; }
-mib() { fcalc "$1" 0 'printf "%.1f", a / 1024'; }   # KiB -> MiB
-# CPU ticks all processes spent running (user, nice, system, irq, softirq)
-# plus steal, summed over CPUs.
-busy_ticks() { awk '$1 == "cpu" { printf "%.0f\n", $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
 # ---------------------------------------------------------------------------
 # Input
@@ -343,22 +337,7 @@ report() {
 	in_run() { [[ " ${CASES[*]} " == *" $1 "* ]]; }
 	in_run customize && goal_speed customize "$GOAL_CUSTOMIZE" "customize: kiln >= ${GOAL_CUSTOMIZE}x faster than virt-customize"
 	in_run inspect && goal_speed inspect "$GOAL_INSPECT" "inspect: kiln >= ${GOAL_INSPECT}x faster than virt-inspector"
-	if ((busy)); then
-		printf '\n**Other processes took more than %s%% of the CPUs during some runs: wall times and ratios are unreliable.**\n' "$OTHER_MAX"
-	fi
-	printf '\n## Goals\n\n| goal | measured | result |\n|---|--:|---|\n'
-	printf '%s\n' "${GOALS[@]}"
-	printf '\n%d of %d goals failed.' "$GOAL_FAILS" "${#GOALS[@]}"
-	if ((any_error)); then
-		printf ' Some cases did not complete:\n\n'
-		for c in "${CASES[@]}"; do
-			status=$(cat "$RUN_DIR/$c.status" 2>/dev/null || echo "error: not run")
-			[[ $status == ok ]] || printf -- '- %s: %s\n' "$c" "$status"
-		done
-	else
-		printf '\n'
-	fi
-	return "$any_error"
+	report_goals "$busy" "$any_error"
 }
 
 # ---------------------------------------------------------------------------

@@ -22,13 +22,14 @@ set -euo pipefail
 
 SCRIPT=$(readlink -f "${BASH_SOURCE[0]}")
 REPO=$(dirname "$(dirname "$SCRIPT")")
+# shellcheck source=benches/lib/common.sh
+. "$REPO/benches/lib/common.sh"
 ALL_CASES=(gzip zstd)
 
 GOAL_GZIP_VS_SHELL=3.0
 GOAL_ZSTD_VS_ZSTD=1.0
 
 die() { printf 'initrd.sh: error: %s\n' "$*" >&2; exit 1; }
-say() { printf '%s\n' "$*" >&2; }
 
 usage() {
 	cat <<EOF
@@ -54,16 +55,6 @@ Results: a Markdown table on stdout and in \$KILN_BENCH_DIR/initrd-results.md.
 EOF
 }
 
-# awk one-liners for float arithmetic; arguments are passed as variables.
-fcalc() { awk -v a="$1" -v b="$2" "BEGIN { $3 }"; }
-ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.2f", a / b; else print "inf"'; }
-size_ratio() { fcalc "$1" "$2" 'if (b + 0 > 0) printf "%.4f", a / b; else print "inf"'; }
-fge() { fcalc "$1" "$2" 'exit !(a != "inf" && a + 0 >= b + 0 || a == "inf")'; }
-mib() { fcalc "$1" 0 'printf "%.1f", a / 1024'; }   # KiB -> MiB
-# CPU ticks all processes spent running (user, nice, system, irq, softirq)
-# plus steal, summed over CPUs.
-busy_ticks() { awk '$1 == "cpu" { printf "%.0f\n", $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-file_bytes() { stat -c %s -- "$1"; }
 
 # ---------------------------------------------------------------------------
 # A newc cpio walker independent of kiln and of GNU cpio (which stops at the
@@ -463,22 +454,7 @@ report() {
 		goal_speed zstd zstd kiln-repack "$GOAL_ZSTD_VS_ZSTD" "zstd repack: kiln repacking main.cpio >= ${GOAL_ZSTD_VS_ZSTD}x as fast as \`zstd -T0\` on the same cpio"
 		goal_speed zstd zstd kiln-pack "$GOAL_ZSTD_VS_ZSTD" "zstd: \`kiln initrd pack\` of the tree >= ${GOAL_ZSTD_VS_ZSTD}x as fast as \`zstd -T0\` on its cpio"
 	fi
-	if ((busy)); then
-		printf '\n**Other processes took more than %s%% of the CPUs during some runs: wall times and ratios are unreliable.**\n' "$OTHER_MAX"
-	fi
-	printf '\n## Goals\n\n| goal | measured | result |\n|---|--:|---|\n'
-	printf '%s\n' "${GOALS[@]}"
-	printf '\n%d of %d goals failed.' "$GOAL_FAILS" "${#GOALS[@]}"
-	if ((any_error)); then
-		printf ' Some cases did not complete:\n\n'
-		for c in "${CASES[@]}"; do
-			status=$(cat "$RUN_DIR/$c.status" 2>/dev/null || echo "error: not run")
-			[[ $status == ok ]] || printf -- '- %s: %s\n' "$c" "$status"
-		done
-	else
-		printf '\n'
-	fi
-	return "$any_error"
+	report_goals "$busy" "$any_error"
 }
 
 # ---------------------------------------------------------------------------

@@ -170,21 +170,7 @@ pub fn plan_options(
 /// The newest /boot/vmlinuz-V of the tree and its /boot/initrd.img-V, as paths in
 /// the image.
 fn find_kernel(tree: &Path) -> Result<(String, Option<String>), DiskImageError> {
-    let boot_dir = tree.join("boot");
-    let mut versions: Vec<String> = match std::fs::read_dir(&boot_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("vmlinuz-"))
-                    .map(str::to_string)
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    versions.sort_by(|a, b| version_order(a, b));
-    let version = versions.pop().ok_or(DiskImageError::NoKernel)?;
+    let version = newest_kernel_version(tree).ok_or(DiskImageError::NoKernel)?;
     let initrd = format!("/boot/initrd.img-{version}");
     let has_initrd = tree.join(initrd.trim_start_matches('/')).is_file();
     Ok((
@@ -193,8 +179,26 @@ fn find_kernel(tree: &Path) -> Result<(String, Option<String>), DiskImageError> 
     ))
 }
 
+/// V of the newest /boot/vmlinuz-V in `tree`, if there is one.
+pub(crate) fn newest_kernel_version(tree: &Path) -> Option<String> {
+    let mut versions: Vec<String> = std::fs::read_dir(tree.join("boot"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("vmlinuz-"))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by(|a, b| version_order(a, b));
+    versions.pop()
+}
+
 /// Kernel versions compared number by number ("6.1.0-9" < "6.1.0-10").
-pub(crate) fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
     let parts = |s: &str| -> Vec<(u64, String)> {
         s.split(['.', '-', '+', '~'])
             .map(|p| (p.parse().unwrap_or(0), p.to_string()))

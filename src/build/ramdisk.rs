@@ -79,19 +79,8 @@ pub fn write_ramdisk(
 }
 
 fn newest_kernel(tree: &Path) -> Result<PathBuf, RamdiskError> {
-    let boot = tree.join("boot");
-    let mut names: Vec<String> = std::fs::read_dir(&boot)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.starts_with("vmlinuz-"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort_by(|a, b| super::disk_image::version_order(a, b));
-    names
-        .pop()
-        .map(|n| boot.join(n))
+    super::disk_image::newest_kernel_version(tree)
+        .map(|v| tree.join("boot").join(format!("vmlinuz-{v}")))
         .ok_or(RamdiskError::NoKernel)
 }
 

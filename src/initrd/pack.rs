@@ -235,14 +235,19 @@ fn scan_dir(
     Ok((tree, sources))
 }
 
-/// The whole file at `path`, which must still be `size` bytes long, read into
-/// `data` (emptied first; its capacity is reused).
-fn read_exact_size(path: &Path, size: u64, mut data: Vec<u8>) -> Result<Vec<u8>, InitrdError> {
-    let mut file = fs::OpenOptions::new()
+/// `path` opened for reading, refusing a symlink planted after the walk.
+fn open_no_follow(path: &Path) -> Result<fs::File, InitrdError> {
+    fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(io_err(path))?;
+        .map_err(io_err(path))
+}
+
+/// The whole file at `path`, which must still be `size` bytes long, read into
+/// `data` (emptied first; its capacity is reused).
+fn read_exact_size(path: &Path, size: u64, mut data: Vec<u8>) -> Result<Vec<u8>, InitrdError> {
+    let mut file = open_no_follow(path)?;
     data.clear();
     data.reserve(size as usize);
     (&mut file)
@@ -300,11 +305,7 @@ fn node_from(
 
 fn read_file(path: &Path, meta: &Metadata) -> Result<Blob, InitrdError> {
     check_file_size(path, meta.len())?;
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io_err(path))?;
+    let mut file = open_no_follow(path)?;
     let mut data = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut data).map_err(io_err(path))?;
     if data.len() as u64 > u64::from(u32::MAX) {

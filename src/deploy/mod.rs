@@ -1,0 +1,8 @@
+//! The conductor side of deployment: node state machine, state store, node import,
+//! introspection rules and deploy plans.
+
+pub mod import;
+pub mod plan;
+pub mod rules;
+pub mod state;
+pub mod store;

@@ -1,0 +1,753 @@
+//! The conductor's state: one SQLite file (WAL mode), or `:memory:` for tests.
+//!
+//! Every state change is committed before the caller acts on it, so a conductor that
+//! dies at any point restarts from a state it really was in. Multi-row changes
+//! (enrolling a batch of nodes, a transition plus its timeline row) are one
+//! transaction each.
+
+mod model;
+mod schema;
+mod token;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::deploy::state::{self, Event, ProvisionState, TransitionError};
+
+pub use model::{
+    Deployment, Driver, DriverInfo, InFlight, InstanceInfo, NewNode, Node, PowerState, Progress,
+    Properties, QemuFirmware, StoredInventory, TimelineEvent,
+};
+pub use schema::SCHEMA_VERSION;
+pub use token::new_agent_token;
+
+/// How long a writer waits for another connection's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state database {path} has schema version {found}; this kiln supports up to {supported}"
+    )]
+    NewerSchema {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no node named or with UUID \"{0}\"")]
+    NodeNotFound(String),
+    #[error("no node has a port with MAC {0}")]
+    MacNotFound(String),
+    #[error("node name(s) already in use: {}", .0.join(", "))]
+    DuplicateNames(Vec<String>),
+    #[error("MAC address(es) already in use: {}", .0.join(", "))]
+    DuplicateMacs(Vec<String>),
+    #[error("node {node}: {source}")]
+    Transition {
+        node: String,
+        source: TransitionError,
+    },
+    #[error("node {node}: stored {field} is unreadable: {message}")]
+    Corrupt {
+        node: String,
+        field: &'static str,
+        message: String,
+    },
+    #[error("cannot encode {what}: {message}")]
+    Encode { what: &'static str, message: String },
+    #[error("cannot create an agent token: {0}")]
+    Random(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Unix seconds now (UTC).
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+const NODE_COLUMNS: &str = "uuid, name, driver, driver_info, properties, provision_state, \
+     target_provision_state, power_state, last_error, instance_info, \
+     agent_token_hash IS NOT NULL, last_heartbeat, state_entered_at, deploy_step, \
+     bytes_written, bytes_total, created_at";
+
+/// A node row before its JSON columns are decoded (decoding errors are ours, not
+/// rusqlite's, so they happen outside the row callback).
+struct RawNode {
+    uuid: String,
+    name: String,
+    driver: String,
+    driver_info: String,
+    properties: String,
+    provision_state: String,
+    target_provision_state: Option<String>,
+    power_state: Option<String>,
+    last_error: Option<String>,
+    instance_info: String,
+    has_agent_token: bool,
+    last_heartbeat: Option<i64>,
+    state_entered_at: i64,
+    deploy_step: Option<String>,
+    bytes_written: i64,
+    bytes_total: Option<i64>,
+    created_at: i64,
+}
+
+fn raw_node(row: &Row<'_>) -> rusqlite::Result<RawNode> {
+    Ok(RawNode {
+        uuid: row.get(0)?,
+        name: row.get(1)?,
+        driver: row.get(2)?,
+        driver_info: row.get(3)?,
+        properties: row.get(4)?,
+        provision_state: row.get(5)?,
+        target_provision_state: row.get(6)?,
+        power_state: row.get(7)?,
+        last_error: row.get(8)?,
+        instance_info: row.get(9)?,
+        has_agent_token: row.get(10)?,
+        last_heartbeat: row.get(11)?,
+        state_entered_at: row.get(12)?,
+        deploy_step: row.get(13)?,
+        bytes_written: row.get(14)?,
+        bytes_total: row.get(15)?,
+        created_at: row.get(16)?,
+    })
+}
+
+impl RawNode {
+    fn decode(self, macs: Vec<String>) -> Result<Node> {
+        let corrupt = |field: &'static str, message: String| StoreError::Corrupt {
+            node: self.name.clone(),
+            field,
+            message,
+        };
+        let state = |field: &'static str, text: &str| {
+            text.parse::<ProvisionState>()
+                .map_err(|err| corrupt(field, err.to_string()))
+        };
+        Ok(Node {
+            uuid: Uuid::parse_str(&self.uuid).map_err(|err| corrupt("uuid", err.to_string()))?,
+            driver: self.driver.parse().map_err(|err| corrupt("driver", err))?,
+            driver_info: from_json(&self.driver_info).map_err(|err| corrupt("driver_info", err))?,
+            properties: from_json(&self.properties).map_err(|err| corrupt("properties", err))?,
+            provision_state: state("provision_state", &self.provision_state)?,
+            target_provision_state: match &self.target_provision_state {
+                Some(text) => Some(state("target_provision_state", text)?),
+                None => None,
+            },
+            power_state: self.power_state.as_deref().and_then(PowerState::parse),
+            instance_info: from_json(&self.instance_info)
+                .map_err(|err| corrupt("instance_info", err))?,
+            has_agent_token: self.has_agent_token,
+            last_heartbeat: self.last_heartbeat,
+            state_entered_at: self.state_entered_at,
+            progress: Progress {
+                deploy_step: self.deploy_step.clone(),
+                bytes_written: self.bytes_written.max(0) as u64,
+                bytes_total: self.bytes_total.map(|total| total.max(0) as u64),
+            },
+            created_at: self.created_at,
+            last_error: self.last_error.clone(),
+            macs,
+            name: self.name,
+        })
+    }
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|err| err.to_string())
+}
+
+fn to_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|err| StoreError::Encode {
+        what,
+        message: err.to_string(),
+    })
+}
+
+/// Lower-case MAC, so lookups do not depend on how the agent spells it.
+fn normalize_mac(mac: &str) -> String {
+    mac.trim().to_ascii_lowercase().replace('-', ":")
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`; `:memory:` gives a private
+    /// in-memory database.
+    pub fn open(path: &str) -> Result<Store> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+        // WAL lets status readers run while a writer commits; an in-memory database
+        // answers "memory", which is fine.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(open_error)?;
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+            .map_err(open_error)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Store { conn })
+    }
+
+    /// Runs `work` in an IMMEDIATE transaction (the write lock is taken up front, so
+    /// a read-modify-write cannot interleave with another conductor connection).
+    fn write<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match work(&self.conn) {
+            Ok(value) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(value),
+                Err(err) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(err.into())
+                }
+            },
+            Err(err) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    /// Enrolls all `nodes` in one transaction, in `enroll` state: either every node is
+    /// stored or none is. Names and MACs already in use (in the store or twice in
+    /// the batch) are refused, all of them named in the error.
+    pub fn create_nodes(&self, nodes: &[NewNode]) -> Result<Vec<Node>> {
+        let created = self.write(|conn| {
+            check_unique(conn, nodes)?;
+            let time = now();
+            let mut uuids = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                let uuid = Uuid::new_v4().to_string();
+                conn.execute(
+                    "INSERT INTO nodes (uuid, name, driver, driver_info, properties, \
+                     provision_state, instance_info, state_entered_at, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}', ?7, ?7)",
+                    params![
+                        uuid,
+                        node.name,
+                        node.driver.as_str(),
+                        to_json("driver_info", &node.driver_info)?,
+                        to_json("properties", &node.properties)?,
+                        ProvisionState::Enroll.as_str(),
+                        time,
+                    ],
+                )?;
+                for mac in &node.macs {
+                    conn.execute(
+                        "INSERT INTO ports (mac, node_uuid) VALUES (?1, ?2)",
+                        params![normalize_mac(mac), uuid],
+                    )?;
+                }
+                uuids.push(uuid);
+            }
+            Ok(uuids)
+        })?;
+        created.iter().map(|uuid| self.node(uuid)).collect()
+    }
+
+    /// The node with this UUID or name.
+    pub fn node(&self, id_or_name: &str) -> Result<Node> {
+        let column = if Uuid::parse_str(id_or_name).is_ok() {
+            "uuid"
+        } else {
+            "name"
+        };
+        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE {column} = ?1");
+        let raw = self
+            .conn
+            .query_row(&sql, [id_or_name], raw_node)
+            .optional()?
+            .ok_or_else(|| StoreError::NodeNotFound(id_or_name.to_string()))?;
+        let macs = self.macs_of(&raw.uuid)?;
+        raw.decode(macs)
+    }
+
+    /// Every node, ordered by name.
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        let mut ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node_uuid, mac FROM ports ORDER BY mac")?;
+        for row in stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let (uuid, mac): (String, String) = row?;
+            ports.entry(uuid).or_default().push(mac);
+        }
+        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let raws = stmt
+            .query_map([], raw_node)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raws.into_iter()
+            .map(|raw| {
+                let macs = ports.remove(&raw.uuid).unwrap_or_default();
+                raw.decode(macs)
+            })
+            .collect()
+    }
+
+    /// The node owning a port with this MAC (any case, `:` or `-` separated).
+    pub fn node_by_mac(&self, mac: &str) -> Result<Node> {
+        let mac = normalize_mac(mac);
+        let uuid: String = self
+            .conn
+            .query_row(
+                "SELECT node_uuid FROM ports WHERE mac = ?1",
+                [&mac],
+                |row| row.get(0),
+            )
+            .optional()?
+            .ok_or(StoreError::MacNotFound(mac))?;
+        self.node(&uuid)
+    }
+
+    fn macs_of(&self, uuid: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT mac FROM ports WHERE node_uuid = ?1 ORDER BY mac")?;
+        let macs = stmt
+            .query_map([uuid], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(macs)
+    }
+
+    /// The UUID of a node, or NodeNotFound.
+    fn uuid_of(conn: &Connection, id_or_name: &str) -> Result<String> {
+        conn.query_row(
+            "SELECT uuid FROM nodes WHERE uuid = ?1 OR name = ?1",
+            [id_or_name],
+            |row| row.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NodeNotFound(id_or_name.to_string()))
+    }
+
+    /// Applies `event` to the node's provision state and commits the new state with
+    /// its timeline row before returning, so the caller acts only on a persisted
+    /// state. Operator verbs clear `last_error`; fail, timeout and abort set it to
+    /// `message`. Starting a deploy resets the streaming progress.
+    pub fn transition(&self, node: &str, event: Event, message: Option<&str>) -> Result<Node> {
+        let uuid = self.write(|conn| {
+            let (uuid, name, current): (String, String, String) = conn
+                .query_row(
+                    "SELECT uuid, name, provision_state FROM nodes WHERE uuid = ?1 OR name = ?1",
+                    [node],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NodeNotFound(node.to_string()))?;
+            let from: ProvisionState =
+                current
+                    .parse()
+                    .map_err(|err: state::ParseNameError| StoreError::Corrupt {
+                        node: name.clone(),
+                        field: "provision_state",
+                        message: err.to_string(),
+                    })?;
+            let to = state::apply(from, event).map_err(|source| StoreError::Transition {
+                node: name.clone(),
+                source,
+            })?;
+            let time = now();
+            conn.execute(
+                "UPDATE nodes SET provision_state = ?2, target_provision_state = ?3, \
+                 state_entered_at = ?4 WHERE uuid = ?1",
+                params![uuid, to.as_str(), to.target().map(|t| t.as_str()), time],
+            )?;
+            if matches!(event, Event::Fail | Event::Timeout | Event::Abort) {
+                let error = match message {
+                    Some(text) => text.to_string(),
+                    None => format!("{event} while {from}"),
+                };
+                conn.execute(
+                    "UPDATE nodes SET last_error = ?2 WHERE uuid = ?1",
+                    params![uuid, error],
+                )?;
+            } else if event.is_verb() {
+                conn.execute(
+                    "UPDATE nodes SET last_error = NULL WHERE uuid = ?1",
+                    [&uuid],
+                )?;
+            }
+            if matches!(event, Event::Deploy | Event::Rebuild) {
+                conn.execute(
+                    "UPDATE nodes SET deploy_step = NULL, bytes_written = 0, bytes_total = NULL \
+                     WHERE uuid = ?1",
+                    [&uuid],
+                )?;
+            }
+            conn.execute(
+                "INSERT INTO events (node_uuid, time, from_state, to_state, event, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    uuid,
+                    time,
+                    from.as_str(),
+                    to.as_str(),
+                    event.as_str(),
+                    message
+                ],
+            )?;
+            Ok(uuid)
+        })?;
+        self.node(&uuid)
+    }
+
+    /// Updates one node column inside a write transaction.
+    fn update(&self, node: &str, sql: &str, value: &dyn rusqlite::ToSql) -> Result<Node> {
+        let uuid = self.write(|conn| {
+            let uuid = Self::uuid_of(conn, node)?;
+            conn.execute(sql, params![uuid, value])?;
+            Ok(uuid)
+        })?;
+        self.node(&uuid)
+    }
+
+    pub fn set_power_state(&self, node: &str, power: Option<PowerState>) -> Result<Node> {
+        let text = power.map(PowerState::as_str);
+        self.update(
+            node,
+            "UPDATE nodes SET power_state = ?2 WHERE uuid = ?1",
+            &text,
+        )
+    }
+
+    pub fn set_last_error(&self, node: &str, error: Option<&str>) -> Result<Node> {
+        self.update(
+            node,
+            "UPDATE nodes SET last_error = ?2 WHERE uuid = ?1",
+            &error,
+        )
+    }
+
+    /// Replaces the node's properties.
+    pub fn set_properties(&self, node: &str, properties: &Properties) -> Result<Node> {
+        let json = to_json("properties", properties)?;
+        self.update(
+            node,
+            "UPDATE nodes SET properties = ?2 WHERE uuid = ?1",
+            &json,
+        )
+    }
+
+    /// Sets one capability (e.g. profile=control), keeping the others.
+    pub fn set_capability(&self, node: &str, name: &str, value: &str) -> Result<Node> {
+        self.modify_properties(node, |properties| {
+            properties
+                .capabilities
+                .insert(name.to_string(), value.to_string());
+        })
+    }
+
+    /// Read-modify-write of the node's properties in one transaction.
+    pub fn modify_properties(
+        &self,
+        node: &str,
+        change: impl FnOnce(&mut Properties),
+    ) -> Result<Node> {
+        let uuid = self.write(|conn| {
+            let (uuid, name, text): (String, String, String) = conn
+                .query_row(
+                    "SELECT uuid, name, properties FROM nodes WHERE uuid = ?1 OR name = ?1",
+                    [node],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::NodeNotFound(node.to_string()))?;
+            let mut properties: Properties =
+                from_json(&text).map_err(|message| StoreError::Corrupt {
+                    node: name,
+                    field: "properties",
+                    message,
+                })?;
+            change(&mut properties);
+            conn.execute(
+                "UPDATE nodes SET properties = ?2 WHERE uuid = ?1",
+                params![uuid, to_json("properties", &properties)?],
+            )?;
+            Ok(uuid)
+        })?;
+        self.node(&uuid)
+    }
+
+    pub fn set_instance_info(&self, node: &str, info: &InstanceInfo) -> Result<Node> {
+        let json = to_json("instance_info", info)?;
+        self.update(
+            node,
+            "UPDATE nodes SET instance_info = ?2 WHERE uuid = ?1",
+            &json,
+        )
+    }
+
+    /// Stores (replacing) the node's inventory as collected now.
+    pub fn save_inventory(&self, node: &str, inventory: &Value) -> Result<()> {
+        let json = to_json("inventory", inventory)?;
+        self.write(|conn| {
+            let uuid = Self::uuid_of(conn, node)?;
+            conn.execute(
+                "INSERT INTO inventories (node_uuid, inventory, collected_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(node_uuid) DO UPDATE SET inventory = ?2, collected_at = ?3",
+                params![uuid, json, now()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn inventory(&self, node: &str) -> Result<Option<StoredInventory>> {
+        let uuid = Self::uuid_of(&self.conn, node)?;
+        let row: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT inventory, collected_at FROM inventories WHERE node_uuid = ?1",
+                [&uuid],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(text, collected_at)| {
+            let inventory = from_json(&text).map_err(|message| StoreError::Corrupt {
+                node: node.to_string(),
+                field: "inventory",
+                message,
+            })?;
+            Ok(StoredInventory {
+                inventory,
+                collected_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Remembers only the SHA-256 of the agent token.
+    pub fn set_agent_token(&self, node: &str, token: &str) -> Result<Node> {
+        let hash = token::hash(token);
+        self.update(
+            node,
+            "UPDATE nodes SET agent_token_hash = ?2 WHERE uuid = ?1",
+            &hash,
+        )
+    }
+
+    pub fn clear_agent_token(&self, node: &str) -> Result<Node> {
+        self.update(
+            node,
+            "UPDATE nodes SET agent_token_hash = ?2 WHERE uuid = ?1",
+            &Option::<Vec<u8>>::None,
+        )
+    }
+
+    /// True only if the node has a token and `token` is it (constant-time compare).
+    pub fn verify_agent_token(&self, node: &str, token: &str) -> Result<bool> {
+        let uuid = Self::uuid_of(&self.conn, node)?;
+        let stored: Option<Vec<u8>> = self.conn.query_row(
+            "SELECT agent_token_hash FROM nodes WHERE uuid = ?1",
+            [&uuid],
+            |row| row.get(0),
+        )?;
+        Ok(stored.is_some_and(|hash| token::matches(&hash, token)))
+    }
+
+    pub fn record_heartbeat(&self, node: &str) -> Result<Node> {
+        self.update(
+            node,
+            "UPDATE nodes SET last_heartbeat = ?2 WHERE uuid = ?1",
+            &now(),
+        )
+    }
+
+    /// Streaming progress: bytes written so far and the total when known.
+    pub fn set_progress(&self, node: &str, written: u64, total: Option<u64>) -> Result<Node> {
+        let uuid = self.write(|conn| {
+            let uuid = Self::uuid_of(conn, node)?;
+            conn.execute(
+                "UPDATE nodes SET bytes_written = ?2, bytes_total = ?3 WHERE uuid = ?1",
+                params![uuid, clamp_i64(written), total.map(clamp_i64)],
+            )?;
+            Ok(uuid)
+        })?;
+        self.node(&uuid)
+    }
+
+    pub fn set_deploy_step(&self, node: &str, step: Option<&str>) -> Result<Node> {
+        self.update(
+            node,
+            "UPDATE nodes SET deploy_step = ?2 WHERE uuid = ?1",
+            &step,
+        )
+    }
+
+    /// Nodes in in-flight states with their deadlines, for a (re)starting conductor
+    /// to resume or time out.
+    pub fn in_flight_nodes(&self) -> Result<Vec<InFlight>> {
+        Ok(self
+            .nodes()?
+            .into_iter()
+            .filter_map(|node| {
+                let timeout = node.provision_state.default_timeout()?;
+                let deadline = node.state_entered_at + timeout.as_secs() as i64;
+                Some(InFlight { node, deadline })
+            })
+            .collect())
+    }
+
+    /// The node's state changes, oldest first.
+    pub fn timeline(&self, node: &str) -> Result<Vec<TimelineEvent>> {
+        let uuid = Self::uuid_of(&self.conn, node)?;
+        let mut stmt = self.conn.prepare(
+            "SELECT time, from_state, to_state, event, message FROM events \
+             WHERE node_uuid = ?1 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([&uuid], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(time, from, to, event, message)| {
+                let corrupt = |message: String| StoreError::Corrupt {
+                    node: node.to_string(),
+                    field: "timeline",
+                    message,
+                };
+                Ok(TimelineEvent {
+                    time,
+                    from_state: from
+                        .parse()
+                        .map_err(|e: state::ParseNameError| corrupt(e.to_string()))?,
+                    to_state: to
+                        .parse()
+                        .map_err(|e: state::ParseNameError| corrupt(e.to_string()))?,
+                    event: event
+                        .parse()
+                        .map_err(|e: state::ParseNameError| corrupt(e.to_string()))?,
+                    message,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores (or replaces) a deployment's plan.
+    pub fn save_deployment(&self, name: &str, plan: &Value) -> Result<()> {
+        let json = to_json("plan", plan)?;
+        self.write(|conn| {
+            let time = now();
+            conn.execute(
+                "INSERT INTO deployments (name, plan, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT(name) DO UPDATE SET plan = ?2, updated_at = ?3",
+                params![name, json, time],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn deployment(&self, name: &str) -> Result<Option<Deployment>> {
+        let row: Option<(String, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT plan, created_at, updated_at FROM deployments WHERE name = ?1",
+                [name],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(text, created_at, updated_at)| {
+            let plan = from_json(&text).map_err(|message| StoreError::Corrupt {
+                node: format!("(deployment {name})"),
+                field: "plan",
+                message,
+            })?;
+            Ok(Deployment {
+                name: name.to_string(),
+                plan,
+                created_at,
+                updated_at,
+            })
+        })
+        .transpose()
+    }
+
+    pub fn deployment_names(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM deployments ORDER BY name")?;
+        let names = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
+    }
+}
+
+fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Refuses names and MACs that repeat in the batch or are already stored.
+fn check_unique(conn: &Connection, nodes: &[NewNode]) -> Result<()> {
+    let mut seen_names = BTreeSet::new();
+    let mut bad_names = BTreeSet::new();
+    let mut seen_macs = BTreeSet::new();
+    let mut bad_macs = BTreeSet::new();
+    for node in nodes {
+        let taken: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)",
+            [&node.name],
+            |row| row.get(0),
+        )?;
+        if taken || !seen_names.insert(node.name.clone()) {
+            bad_names.insert(node.name.clone());
+        }
+        for mac in &node.macs {
+            let mac = normalize_mac(mac);
+            let owner: Option<String> = conn
+                .query_row(
+                    "SELECT nodes.name FROM ports JOIN nodes ON nodes.uuid = ports.node_uuid \
+                     WHERE ports.mac = ?1",
+                    [&mac],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(owner) = owner {
+                bad_macs.insert(format!("{mac} (node {owner})"));
+            } else if !seen_macs.insert(mac.clone()) {
+                bad_macs.insert(format!("{mac} (twice in the new nodes)"));
+            }
+        }
+    }
+    if !bad_names.is_empty() {
+        return Err(StoreError::DuplicateNames(bad_names.into_iter().collect()));
+    }
+    if !bad_macs.is_empty() {
+        return Err(StoreError::DuplicateMacs(bad_macs.into_iter().collect()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,10 +3,12 @@
 //! The binary (`src/main.rs`) is a thin clap front end; everything it does is a
 //! library call so tests and benches can use the same code.
 
+pub mod agent;
 pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod customize;
+pub mod deploy;
 pub mod disk;
 pub mod element;
 pub mod format;

@@ -1,0 +1,3 @@
+//! Conductor side of the deploy engine.
+
+pub mod images;

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
+mod agent;
 mod build;
 mod customize;
 mod image;
@@ -28,6 +29,9 @@ enum Command {
     /// Linux initramfs images: ls, extract, pack, rm
     #[command(subcommand)]
     Initrd(initrd::InitrdCommand),
+    /// Deploy agent (runs in the deploy ramdisk): write-image
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -43,6 +47,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
         Command::Initrd(cmd) => initrd::run(cmd),
+        Command::Agent(cmd) => agent::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,3 @@
+//! Node side of the deploy engine: the agent that runs in the deploy ramdisk.
+
+pub mod stream;

@@ -1,9 +1,10 @@
 //! The conductor side of deployment: node state machine, state store, node import,
-//! introspection rules, deploy plans and the image server.
+//! introspection rules, deploy plans, the image server and power drivers.
 
 pub mod images;
 pub mod import;
 pub mod plan;
+pub mod power;
 pub mod rules;
 pub mod state;
 pub mod store;

@@ -47,11 +47,74 @@ pub struct WriteImageArgs {
     target: PathBuf,
 }
 
-pub fn run(cmd: AgentCommand) -> Result<u8> {
-    match cmd {
-        AgentCommand::WriteImage(args) => run_write_image(args),
-        AgentCommand::ServeImages(args) => run_serve_images(args),
+/// `kiln agent --api-url URL` runs the agent loop; `kiln agent SUBCOMMAND` the tools.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The conductor's API URL (http://HOST:PORT)
+    #[arg(long)]
+    api_url: Option<String>,
+    /// Simulate a node: synthetic inventory, the --disk file as /dev/sim0
+    #[arg(long, requires_all = ["mac", "disk"])]
+    simulate: bool,
+    /// Simulated node: its NIC's MAC address
+    #[arg(long)]
+    mac: Option<String>,
+    /// Simulated node: FILE[:SIZE] backing /dev/sim0 (SIZE like 8G; default 8G)
+    #[arg(long)]
+    disk: Option<String>,
+    /// Simulated node: memory in MiB reported in the inventory
+    #[arg(long, default_value_t = 4096)]
+    memory_mb: u64,
+    /// Simulated node: CPU count reported in the inventory
+    #[arg(long, default_value_t = 2)]
+    cpus: u64,
+}
+
+pub fn run(args: AgentArgs) -> Result<u8> {
+    match args.command {
+        Some(AgentCommand::WriteImage(args)) => run_write_image(args),
+        Some(AgentCommand::ServeImages(args)) => run_serve_images(args),
+        None => run_agent(args.run),
     }
+}
+
+fn run_agent(args: RunArgs) -> Result<u8> {
+    use crate::agent::client::ConductorClient;
+    use crate::agent::run::{Host, LocalHost};
+    use crate::agent::simulate::SimulatedNode;
+    let Some(api_url) = args.api_url else {
+        anyhow::bail!("kiln agent needs --api-url URL (or a subcommand)");
+    };
+    let host: Arc<dyn Host> = if args.simulate {
+        let disk = args.disk.unwrap_or_default();
+        let (path, size) = match disk.rsplit_once(':') {
+            Some((path, size)) => (
+                path.to_string(),
+                super::parse_size(size).map_err(|e| anyhow::anyhow!("--disk {disk}: {e}"))?,
+            ),
+            None => (disk.clone(), 8 << 30),
+        };
+        Arc::new(SimulatedNode {
+            mac: args.mac.unwrap_or_default(),
+            disk: PathBuf::from(path),
+            disk_size: size,
+            memory_mb: args.memory_mb,
+            cpus: args.cpus,
+        })
+    } else {
+        Arc::new(LocalHost)
+    };
+    crate::agent::run::run(&ConductorClient::new(&api_url), host)?;
+    Ok(0)
 }
 
 fn run_write_image(args: WriteImageArgs) -> Result<u8> {

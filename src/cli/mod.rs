@@ -2,6 +2,7 @@
 
 mod agent;
 mod build;
+mod conductor;
 mod customize;
 mod image;
 mod initrd;
@@ -29,9 +30,10 @@ enum Command {
     /// Linux initramfs images: ls, extract, pack, rm
     #[command(subcommand)]
     Initrd(initrd::InitrdCommand),
-    /// Deploy agent (runs in the deploy ramdisk): write-image
-    #[command(subcommand)]
-    Agent(agent::AgentCommand),
+    /// Deploy agent (runs in the deploy ramdisk): the agent loop (--api-url), write-image
+    Agent(agent::AgentArgs),
+    /// The deploy conductor: HTTP API, node flows, image server
+    Conductor(conductor::ConductorArgs),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -48,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd),
         Command::Initrd(cmd) => initrd::run(cmd),
         Command::Agent(cmd) => agent::run(cmd),
+        Command::Conductor(args) => conductor::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,99 @@
+//! `kiln conductor`: the deploy conductor service.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::deploy::api::ApiServer;
+use crate::deploy::conductor::{CleanMode, Conductor, Config, QemuSettings};
+use crate::deploy::protocol::DEFAULT_LISTEN;
+
+#[derive(Args)]
+pub struct ConductorArgs {
+    /// Address to listen on (port 0: any free port, printed on stdout)
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: String,
+    /// The SQLite state file (created if missing)
+    #[arg(long)]
+    state: PathBuf,
+    /// Folder of images served at /v1/images/
+    #[arg(long)]
+    images: PathBuf,
+    /// Seconds an inspection may take
+    #[arg(long, default_value_t = 1800)]
+    inspect_timeout: u64,
+    /// Seconds a node may wait for its agent, or its agent stay silent
+    #[arg(long, default_value_t = 1800)]
+    callback_timeout: u64,
+    /// Seconds between agent heartbeats
+    #[arg(long, default_value_t = 10)]
+    heartbeat_interval: u64,
+    /// Cleaning between deployments
+    #[arg(long, value_enum, default_value_t = CleanMode::None)]
+    clean: CleanMode,
+    /// qemu nodes: the deploy ramdisk's kernel
+    #[arg(long, requires = "deploy_initramfs")]
+    deploy_kernel: Option<PathBuf>,
+    /// qemu nodes: the deploy ramdisk's initramfs
+    #[arg(long, requires = "deploy_kernel")]
+    deploy_initramfs: Option<PathBuf>,
+    /// qemu nodes: extra kernel command line
+    #[arg(long, default_value = "console=ttyS0")]
+    kernel_append: String,
+}
+
+pub fn run(args: ConductorArgs) -> Result<u8> {
+    let server_placeholder = args.listen.clone();
+    let mut config = Config {
+        state: args.state.clone(),
+        images: args.images.clone(),
+        inspect_timeout: Duration::from_secs(args.inspect_timeout),
+        callback_timeout: Duration::from_secs(args.callback_timeout),
+        heartbeat_interval: Duration::from_secs(args.heartbeat_interval.max(1)),
+        clean: args.clean,
+        qemu: None,
+    };
+    // The server is bound first so a qemu node knows the real port.
+    let conductor_for_bind;
+    let listener = {
+        let probe = std::net::TcpListener::bind(&server_placeholder)
+            .with_context(|| format!("cannot listen on {server_placeholder}"))?;
+        let addr = probe.local_addr()?;
+        drop(probe);
+        addr
+    };
+    if let (Some(kernel), Some(initramfs)) = (args.deploy_kernel, args.deploy_initramfs) {
+        let state_dir = args
+            .state
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .join("qemu-nodes");
+        config.qemu = Some(QemuSettings {
+            deploy_kernel: kernel,
+            deploy_initramfs: initramfs,
+            state_dir,
+            conductor_port: listener.port(),
+            kernel_append: format!(
+                "{} ipa-api-url=http://{}",
+                args.kernel_append,
+                crate::deploy::power::qemu::CONDUCTOR_GUEST_ADDR
+            ),
+        });
+    }
+    conductor_for_bind = Arc::new(Conductor::open(config)?);
+    let server = ApiServer::bind(&listener.to_string(), Arc::clone(&conductor_for_bind))?;
+    let addr = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listener.to_string());
+    conductor_for_bind.spawn_timeout_thread(Duration::from_secs(1));
+    println!("http://{addr}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    eprintln!("kiln conductor: listening on http://{addr}");
+    server.serve();
+    Ok(0)
+}

@@ -46,7 +46,6 @@ pub struct ConductorArgs {
 }
 
 pub fn run(args: ConductorArgs) -> Result<u8> {
-    let server_placeholder = args.listen.clone();
     let mut config = Config {
         state: args.state.clone(),
         images: args.images.clone(),
@@ -56,15 +55,10 @@ pub fn run(args: ConductorArgs) -> Result<u8> {
         clean: args.clean,
         qemu: None,
     };
-    // The server is bound first so a qemu node knows the real port.
-    let conductor_for_bind;
-    let listener = {
-        let probe = std::net::TcpListener::bind(&server_placeholder)
-            .with_context(|| format!("cannot listen on {server_placeholder}"))?;
-        let addr = probe.local_addr()?;
-        drop(probe);
-        addr
-    };
+    // Bound first, so qemu nodes are told the real port.
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
     if let (Some(kernel), Some(initramfs)) = (args.deploy_kernel, args.deploy_initramfs) {
         let state_dir = args
             .state
@@ -76,7 +70,7 @@ pub fn run(args: ConductorArgs) -> Result<u8> {
             deploy_kernel: kernel,
             deploy_initramfs: initramfs,
             state_dir,
-            conductor_port: listener.port(),
+            conductor_port: addr.port(),
             kernel_append: format!(
                 "{} ipa-api-url=http://{}",
                 args.kernel_append,
@@ -84,13 +78,9 @@ pub fn run(args: ConductorArgs) -> Result<u8> {
             ),
         });
     }
-    conductor_for_bind = Arc::new(Conductor::open(config)?);
-    let server = ApiServer::bind(&listener.to_string(), Arc::clone(&conductor_for_bind))?;
-    let addr = server
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or(listener.to_string());
-    conductor_for_bind.spawn_timeout_thread(Duration::from_secs(1));
+    let conductor = Arc::new(Conductor::open(config)?);
+    let server = ApiServer::new(listener, Arc::clone(&conductor))?;
+    conductor.spawn_timeout_thread(Duration::from_secs(1));
     println!("http://{addr}");
     std::io::Write::flush(&mut std::io::stdout())?;
     eprintln!("kiln conductor: listening on http://{addr}");

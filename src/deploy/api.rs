@@ -27,9 +27,14 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    pub fn bind(listen: &str, conductor: Arc<Conductor>) -> io::Result<ApiServer> {
-        let server = Server::http(listen)
-            .map_err(|err| io::Error::other(format!("cannot listen on {listen}: {err}")))?;
+    /// Serves on `listener` (std's listener sets SO_REUSEADDR, so a restarted
+    /// conductor gets its port back at once).
+    pub fn new(
+        listener: std::net::TcpListener,
+        conductor: Arc<Conductor>,
+    ) -> io::Result<ApiServer> {
+        let server = Server::from_listener(listener, None)
+            .map_err(|err| io::Error::other(format!("cannot serve: {err}")))?;
         Ok(ApiServer {
             server: Arc::new(server),
             conductor,

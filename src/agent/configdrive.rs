@@ -695,3 +695,86 @@ impl BlockSource for DiskSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::configdrive::{MetaData, NetworkData};
+
+    fn content(user_data: Option<Vec<u8>>) -> ConfigDriveContent {
+        ConfigDriveContent {
+            meta_data: MetaData {
+                uuid: "6a1f0c7e-0000-4000-8000-000000000001".into(),
+                name: "n".into(),
+                hostname: "h".into(),
+                public_keys: Default::default(),
+                launch_index: 0,
+                availability_zone: "nova".into(),
+                meta: Default::default(),
+            },
+            user_data,
+            network_data: NetworkData::dhcp(&["52:54:00:00:00:01"]).unwrap(),
+            vendor_data: serde_json::json!({}),
+            kiln_config: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn size_is_the_smallest_that_fits() {
+        for user_data in [None, Some(vec![7u8; 5 << 20])] {
+            let c = content(user_data);
+            let staged = stage_files(&c).unwrap();
+            let size = smallest_fat_size(staged.path(), &c).unwrap();
+            let scratch = tempfile::tempfile().unwrap();
+            let smaller = write_fat(&scratch, 0, staged.path(), &fat_options(&c, size - MIB));
+            assert!(smaller.is_err(), "{} MiB also fits", size / MIB - 1);
+        }
+        let huge = content(Some(vec![1u8; 70 << 20]));
+        let staged = stage_files(&huge).unwrap();
+        let e = smallest_fat_size(staged.path(), &huge).unwrap_err();
+        assert!(matches!(e, ConfigDriveError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn labels_are_recognized_on_fat_and_iso9660() {
+        let c = content(None);
+        let fs = build_config_drive_fs(&c, 0).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&fs, 4096).unwrap();
+        assert!(has_config_drive_label(&file, 4096));
+        assert!(!has_config_drive_label(&file, 0));
+
+        let iso = tempfile::tempfile().unwrap();
+        let mut pvd = [0u8; 72];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[40..72].copy_from_slice(format!("{:<32}", "CONFIG-2").as_bytes());
+        iso.write_all_at(&pvd, 32768).unwrap();
+        assert!(has_config_drive_label(&iso, 0));
+        pvd[40..72].copy_from_slice(format!("{:<32}", "OTHER").as_bytes());
+        iso.write_all_at(&pvd, 32768).unwrap();
+        assert!(!has_config_drive_label(&iso, 0));
+    }
+
+    #[test]
+    fn a_filesystem_boot_sector_is_not_an_mbr() {
+        // A FAT filesystem starting at sector 0 (superfloppy) ends in 55 AA too.
+        let fs = build_config_drive_fs(&content(None), 0).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&fs, 0).unwrap();
+        assert!(Mbr::read(&file).unwrap().is_none());
+        let empty = tempfile::tempfile().unwrap();
+        assert!(Mbr::read(&empty).unwrap().is_none());
+    }
+
+    #[test]
+    fn placement_errors() {
+        let disk = Path::new("d");
+        assert_eq!(
+            place_at_end(disk, 2048, 4096, 10 * 2048 + 7, 34).unwrap(),
+            (9 * 2048, 10 * 2048 - 1)
+        );
+        assert!(place_at_end(disk, 2048, 9 * 2048 + 1, 10 * 2048, 34).is_err());
+        assert!(place_at_end(disk, 4096, 0, 2048, 34).is_err());
+    }
+}

@@ -92,14 +92,17 @@ fn inventory_from_fixture_sysfs() {
         Some("/dev/disk/by-path/pci-0000:00:1f.2-ata-1")
     );
     assert!(sda.rotational);
+    assert_eq!(sda.tran.as_deref(), Some("sata"));
     let nvme = &inv.disks[0];
     assert_eq!(nvme.serial.as_deref(), Some("S4J4NX0N123456"));
     assert_eq!(nvme.wwn.as_deref(), Some("eui.0025385b71b0a1c2"));
     assert_eq!(nvme.hctl, None);
     assert!(!nvme.rotational);
+    assert_eq!(nvme.tran.as_deref(), Some("nvme"));
     let vda = &inv.disks[2];
     assert_eq!(vda.serial.as_deref(), Some("vd-serial-1"));
     assert_eq!(vda.size, 8 * GIB);
+    assert_eq!(vda.tran, None, "lsblk gives virtio-blk no transport");
 
     // lo and the bridge (no device link) are left out.
     let nics: Vec<(&str, &str, bool)> = inv
@@ -192,8 +195,14 @@ fn inventory_of_this_machine() {
     assert_eq!(inv.boot.current_boot_mode == BootMode::Uefi, efi);
 
     // Disks against lsblk (whole disks of type "disk" with a size).
-    let lsblk =
-        run(Command::new("lsblk").args(["-b", "-d", "-n", "-J", "-o", "NAME,SIZE,TYPE,ROTA"]));
+    let lsblk = run(Command::new("lsblk").args([
+        "-b",
+        "-d",
+        "-n",
+        "-J",
+        "-o",
+        "NAME,SIZE,TYPE,ROTA,TRAN,MODEL,VENDOR,SERIAL",
+    ]));
     let lsblk: serde_json::Value = serde_json::from_str(&lsblk).unwrap();
     let mut expected: Vec<(String, u64, bool)> = lsblk["blockdevices"]
         .as_array()
@@ -216,6 +225,21 @@ fn inventory_of_this_machine() {
         .map(|d| (d.name.clone(), d.size, d.rotational))
         .collect();
     assert_eq!(got, expected);
+    let text = |v: &serde_json::Value| v.as_str().map(|s| s.trim().to_string());
+    for d in &inv.disks {
+        let l = lsblk["blockdevices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| format!("/dev/{}", l["name"].as_str().unwrap()) == d.name)
+            .unwrap();
+        assert_eq!(d.tran, text(&l["tran"]), "{}", d.name);
+        assert_eq!(d.model, text(&l["model"]), "{}", d.name);
+        assert_eq!(d.vendor, text(&l["vendor"]), "{}", d.name);
+        // No serial comparison: lsblk takes it from the udev database, which a
+        // container may not have (udev itself reads virtio's `serial` attribute,
+        // as the inventory does).
+    }
 
     // Interfaces and their addresses against `ip`.
     let links = run(Command::new("ip").args(["-j", "link", "show"]));
@@ -251,6 +275,14 @@ fn disk(name: &str, gib: f64, model: &str, serial: &str, rotational: bool) -> Di
         rotational,
         hctl: Some(format!("{}:0:0:0", name.len() % 3)),
         by_path: None,
+        tran: Some(
+            if name.contains("nvme") {
+                "nvme"
+            } else {
+                "sata"
+            }
+            .into(),
+        ),
     }
 }
 
@@ -299,6 +331,7 @@ fn hints_select_the_expected_disk() {
         (json!({"wwn": "0x50008"}), "/dev/sda"),
         (json!({"hctl": "0:0:0:0"}), "/dev/nvme0n1"),
         (json!({"vendor": "  ata  "}), "/dev/sda"),
+        (json!({"tran": "nvme", "size": "> 5"}), "/dev/nvme1n1"),
     ];
     let disks = disks();
     for (hints, want) in cases {
@@ -532,6 +565,44 @@ fn config_drive_on_a_gpt_image_smaller_than_the_disk() {
     assert_eq!(table.partitions.len(), 3);
     let tree = check_fat(d, &disk, s2.offset, s2.size, "second");
     assert_tree_equals(&tree, &c2);
+}
+
+#[test]
+fn config_drive_on_a_table_made_by_sgdisk() {
+    // An independent writer's table: partitions not on our 1 MiB grid, a gap
+    // before the last one, and an entry slot left empty in the middle.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("sg.img");
+    create_rw(&disk).set_len(30 * MIB).unwrap();
+    run(Command::new("sgdisk")
+        .args([
+            "-a",
+            "1",
+            "-n",
+            "1:34:2047",
+            "-t",
+            "1:ef02",
+            "-n",
+            "3:4096:+10M",
+            "-c",
+            "3:root",
+        ])
+        .arg(&disk));
+    let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    file.set_len(90 * MIB).unwrap();
+    drop(file);
+    let c = content("sg");
+    let s = write_config_drive(&disk, &c).unwrap();
+    assert_eq!(s.partition, 2, "first free entry");
+    assert_eq!(s.offset + s.size, 89 * MIB);
+    sgdisk_clean(&disk);
+    let listing = run(Command::new("sgdisk").arg("-p").arg(&disk));
+    assert!(
+        listing.contains("config-2") && listing.contains("root"),
+        "{listing}"
+    );
+    let tree = check_fat(dir.path(), &disk, s.offset, s.size, "sg");
+    assert_tree_equals(&tree, &c);
 }
 
 #[test]

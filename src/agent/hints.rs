@@ -33,6 +33,7 @@ const KNOWN_HINTS: &[(&str, HintKind)] = &[
     ("name", HintKind::Text),
     ("hctl", HintKind::Text),
     ("by_path", HintKind::Text),
+    ("tran", HintKind::Text),
     ("rotational", HintKind::Bool),
 ];
 
@@ -386,6 +387,7 @@ fn disk_text<'a>(name: &str, disk: &'a Disk) -> Option<&'a str> {
         "wwn_vendor_extension" => disk.wwn_vendor_extension.as_ref(),
         "hctl" => disk.hctl.as_ref(),
         "by_path" => disk.by_path.as_ref(),
+        "tran" => disk.tran.as_ref(),
         _ => None,
     };
     v.map(String::as_str).filter(|s| !s.trim().is_empty())

@@ -78,7 +78,31 @@ fn read_disk(root: &Path, name: &str) -> Result<Option<Disk>, InventoryError> {
         rotational: get("queue/rotational").as_deref() == Some("1"),
         hctl,
         by_path: by_path_link(root, name),
+        tran: transport(name, &dev),
     }))
+}
+
+/// The bus a disk hangs off, from its kernel name or its place in the sysfs
+/// device tree (what lsblk's TRAN column reports).
+fn transport(name: &str, dev: &Path) -> Option<String> {
+    // virtio-blk disks have no TRAN in lsblk; neither do they here.
+    let by_name = [("nvme", "nvme"), ("mmcblk", "mmc")];
+    if let Some((_, t)) = by_name.iter().find(|(p, _)| name.starts_with(p)) {
+        return Some(t.to_string());
+    }
+    let path = std::fs::canonicalize(dev).ok()?;
+    let path = path.to_string_lossy();
+    let by_path = [
+        ("/usb", "usb"),
+        ("/end_device-", "sas"),
+        ("/rport-", "fc"),
+        ("/session", "iscsi"),
+        ("/ata", "sata"),
+    ];
+    by_path
+        .iter()
+        .find(|(marker, _)| path.contains(marker))
+        .map(|(_, t)| t.to_string())
 }
 
 /// The unit serial number VPD page (0x80): 4 header bytes, then the serial,

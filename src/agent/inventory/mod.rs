@@ -86,6 +86,9 @@ pub struct Disk {
     /// A /dev/disk/by-path link naming this disk, when udev made one.
     #[serde(default)]
     pub by_path: Option<String>,
+    /// Transport as lsblk names it: sata, sas, nvme, usb, iscsi, fc, mmc.
+    #[serde(default)]
+    pub tran: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

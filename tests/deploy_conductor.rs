@@ -63,7 +63,7 @@ impl Agent {
         let child = Command::new(KILN)
             .args(["agent", "--simulate", "--api-url", url, "--mac", mac])
             .arg("--disk")
-            .arg(format!("{}:64M", disk.display()))
+            .arg(format!("{}:5G", disk.display()))
             .args(["--memory-mb", &memory_mb.to_string()])
             .stderr(Stdio::inherit())
             .spawn()
@@ -165,13 +165,27 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
         .expect("run qemu-img")
 }
 
-/// A 16 MiB qcow2 with data in a few places (a raw file converted by qemu-img).
+const IMAGE_SIZE: usize = 16 << 20;
+const SECTOR: usize = 512;
+
+/// A 16 MiB GPT disk image (one partition, sgdisk-made) with data in a few
+/// places, converted to qcow2 by qemu-img.
 fn make_image(dir: &Path) -> PathBuf {
     let images = dir.join("images");
     std::fs::create_dir_all(&images).unwrap();
     let raw = dir.join("image.raw");
-    let mut bytes = vec![0u8; 16 << 20];
-    for (i, chunk) in bytes.chunks_mut(4096).enumerate() {
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(IMAGE_SIZE as u64)
+        .unwrap();
+    let out = Command::new("sgdisk")
+        .args(["-n", "1:2048:+12M", "-c", "1:root"])
+        .arg(&raw)
+        .output()
+        .expect("run sgdisk");
+    assert!(out.status.success(), "{out:?}");
+    let mut bytes = std::fs::read(&raw).unwrap();
+    for (i, chunk) in bytes[1 << 20..13 << 20].chunks_mut(4096).enumerate() {
         if i % 7 == 0 || i < 4 {
             for (j, byte) in chunk.iter_mut().enumerate() {
                 *byte = (i * 31 + j * 7) as u8 | 1;
@@ -193,22 +207,38 @@ fn make_image(dir: &Path) -> PathBuf {
     qcow2
 }
 
-fn assert_same_disk(image: &Path, disk: &Path) {
+/// The disk holds the image as qemu-img decodes it (outside the GPT structures
+/// the config drive rewrites), sgdisk finds the table sound, and a config-2
+/// partition follows the image's own partition.
+fn assert_deployed(image: &Path, disk: &Path) {
+    let oracle = image.with_extension("oracle.raw");
     let out = qemu_img(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
+        "convert",
+        "-O",
         "raw",
         image.to_str().unwrap(),
-        disk.to_str().unwrap(),
+        oracle.to_str().unwrap(),
     ]);
+    assert!(out.status.success(), "{out:?}");
+    let want = std::fs::read(&oracle).unwrap();
+    let mut got = vec![0u8; IMAGE_SIZE];
+    std::io::Read::read_exact(&mut std::fs::File::open(disk).unwrap(), &mut got).unwrap();
+    let data = 34 * SECTOR..IMAGE_SIZE - 33 * SECTOR;
     assert!(
-        out.status.success(),
-        "{} differs from {}: {}",
-        disk.display(),
-        image.display(),
-        String::from_utf8_lossy(&out.stdout)
+        want[data.clone()] == got[data],
+        "{} does not hold the image",
+        disk.display()
+    );
+    // The protective MBR's boot code stays; its size field grows to the disk.
+    assert_eq!(want[..446], got[..446], "MBR boot code changed");
+    let verify = Command::new("sgdisk").arg("-v").arg(disk).output().unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(text.contains("No problems found"), "{text}");
+    let print = Command::new("sgdisk").arg("-p").arg(disk).output().unwrap();
+    let table = String::from_utf8_lossy(&print.stdout);
+    assert!(
+        table.contains("root") && table.contains("config-2"),
+        "{table}"
     );
 }
 
@@ -372,8 +402,8 @@ fn inspect_provide_and_deploy_two_roles_onto_simulated_disks() {
     assert_eq!(a["instance_info"]["hostname"], "overcloud-controller-0");
     assert_eq!(a["instance_info"]["role"], "Controller");
     assert_eq!(b["instance_info"]["role"], "Compute");
-    assert_same_disk(&image, &disk_a);
-    assert_same_disk(&image, &disk_b);
+    assert_deployed(&image, &disk_a);
+    assert_deployed(&image, &disk_b);
     let (status, status_body) = call(
         "GET",
         &format!("{url}/v1/deployments/overcloud"),
@@ -469,7 +499,7 @@ fn a_conductor_killed_mid_deploy_resumes_from_its_state_file() {
     let second = Conductor::start(dir.path(), &format!("127.0.0.1:{port}"), &[]);
     assert_eq!(state(&second, "ctl"), "wait call-back");
     wait_for(&second, "cmp", "active");
-    assert_same_disk(&image, &disk);
+    assert_deployed(&image, &disk);
     // The node without an agent is still waiting, not redone or lost.
     assert_eq!(state(&second, "ctl"), "wait call-back");
     let (status, body) = verb(&second, "ctl", "abort");

@@ -4,18 +4,22 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use super::client::{ClientError, ConductorClient};
+use crate::agent::configdrive::write_config_drive;
+use crate::agent::hints::{RootDeviceHints, select_root_device};
+use crate::agent::inventory::{Disk, Inventory, collect_inventory};
 use crate::agent::stream::{Checksum, ImageUrl, WriteOptions, write_image};
 use crate::deploy::protocol::{
     Command, CommandKind, CommandProgress, CommandReport, CommandStatus, ConfigdriveParams,
     HeartbeatRequest, LookupRequest, LookupResponse, WriteImageParams,
 };
+use crate::format::configdrive::ConfigDriveContent;
 
 /// Back-off between lookups: doubles from the first to the last.
 const LOOKUP_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -32,11 +36,7 @@ pub trait Host: Send + Sync {
     /// The disk chosen by root device hints (a block device or a file).
     fn root_disk(&self, hints: &Map<String, Value>) -> Result<PathBuf, String>;
     /// Writes the config drive partition at the end of `disk`.
-    fn write_configdrive(
-        &self,
-        disk: &PathBuf,
-        params: &ConfigdriveParams,
-    ) -> Result<Value, String>;
+    fn write_configdrive(&self, disk: &Path, params: &ConfigdriveParams) -> Result<Value, String>;
     /// The conductor is done with the node.
     fn power_off(&self);
 }
@@ -241,7 +241,7 @@ fn write(
 
 /// Zeroes the first and last MiB of the disk: partition tables (including the
 /// backup GPT) and most filesystem signatures go with them.
-fn erase_metadata(disk: &PathBuf) -> Result<Value, String> {
+fn erase_metadata(disk: &Path) -> Result<Value, String> {
     let file = OpenOptions::new()
         .write(true)
         .open(disk)
@@ -264,52 +264,60 @@ fn disk_size(file: &std::fs::File) -> std::io::Result<u64> {
     handle.seek(SeekFrom::End(0))
 }
 
-/// Writes the config drive partition at the end of `disk`.
-// seam: dnode's configdrive.rs writes the partition; until it is merged the
-// step succeeds and says it was skipped.
-pub fn write_configdrive(disk: &PathBuf, params: &ConfigdriveParams) -> Result<Value, String> {
-    let _ = params;
-    Ok(serde_json::json!({
-        "disk": disk,
-        "skipped": "config drive writer not merged yet (dnode)",
-    }))
+/// Writes the config drive partition at the end of `disk` from the conductor's
+/// parameters.
+pub fn write_configdrive(disk: &Path, params: &ConfigdriveParams) -> Result<Value, String> {
+    let content = ConfigDriveContent {
+        meta_data: serde_json::from_value(params.meta_data.clone())
+            .map_err(|e| format!("config drive meta_data: {e}"))?,
+        user_data: params.user_data.clone().map(String::into_bytes),
+        network_data: serde_json::from_value(params.network_data.clone())
+            .map_err(|e| format!("config drive network_data: {e}"))?,
+        vendor_data: Value::Object(Map::new()),
+        kiln_config: match &params.kiln_config {
+            Value::Null => Value::Object(Map::new()),
+            other => other.clone(),
+        },
+    };
+    let summary = write_config_drive(disk, &content).map_err(|e| e.to_string())?;
+    serde_json::to_value(&summary).map_err(|e| e.to_string())
+}
+
+/// The root disk among `disks` chosen by the conductor's hints.
+pub fn select_disk(disks: &[Disk], hints: &Map<String, Value>) -> Result<PathBuf, String> {
+    let hints = RootDeviceHints::parse(&Value::Object(hints.clone())).map_err(|e| e.to_string())?;
+    let disk = select_root_device(disks, &hints).map_err(|e| e.to_string())?;
+    Ok(PathBuf::from(&disk.name))
 }
 
 /// The machine the agent runs on (the deploy ramdisk).
 pub struct LocalHost;
 
+impl LocalHost {
+    fn collect(&self) -> Result<Inventory, String> {
+        collect_inventory(Path::new("/")).map_err(|e| e.to_string())
+    }
+}
+
 impl Host for LocalHost {
-    // seam: dnode's inventory.rs collects the IPA inventory from /proc and /sys.
     fn inventory(&self) -> Result<Value, String> {
-        Err("inventory collection is not merged yet (dnode's src/agent/inventory.rs)".into())
+        serde_json::to_value(self.collect()?).map_err(|e| e.to_string())
     }
 
     fn macs(&self) -> Result<Vec<String>, String> {
-        let mut macs = Vec::new();
-        let entries =
-            std::fs::read_dir("/sys/class/net").map_err(|e| format!("/sys/class/net: {e}"))?;
-        for entry in entries.flatten() {
-            if entry.file_name() == "lo" {
-                continue;
-            }
-            if let Ok(mac) = std::fs::read_to_string(entry.path().join("address")) {
-                macs.push(mac.trim().to_string());
-            }
-        }
-        macs.sort();
-        Ok(macs)
+        Ok(self
+            .collect()?
+            .interfaces
+            .iter()
+            .map(|interface| interface.mac_address.clone())
+            .collect())
     }
 
-    // seam: dnode's hints.rs select_root_device.
-    fn root_disk(&self, _hints: &Map<String, Value>) -> Result<PathBuf, String> {
-        Err("root device selection is not merged yet (dnode's src/agent/hints.rs)".into())
+    fn root_disk(&self, hints: &Map<String, Value>) -> Result<PathBuf, String> {
+        select_disk(&self.collect()?.disks, hints)
     }
 
-    fn write_configdrive(
-        &self,
-        disk: &PathBuf,
-        params: &ConfigdriveParams,
-    ) -> Result<Value, String> {
+    fn write_configdrive(&self, disk: &Path, params: &ConfigdriveParams) -> Result<Value, String> {
         write_configdrive(disk, params)
     }
 

@@ -3,11 +3,12 @@
 //! and commands that write to that file.
 
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use super::run::Host;
+use super::inventory::Disk;
+use super::run::{Host, select_disk, write_configdrive};
 use crate::deploy::protocol::ConfigdriveParams;
 
 /// The simulated disk's device name in the inventory.
@@ -52,16 +53,10 @@ impl Host for SimulatedNode {
     }
 
     fn root_disk(&self, hints: &Map<String, Value>) -> Result<PathBuf, String> {
-        // seam: dnode's hints.rs select_root_device decides for real disks; the
-        // simulated node has one disk, refused only by a name hint for another.
-        if let Some(name) = hints.get("name").and_then(Value::as_str)
-            && name != SIM_DISK
-            && name != "sim0"
-        {
-            return Err(format!(
-                "no disk matches the root device hint name={name}; disks: {SIM_DISK}"
-            ));
-        }
+        let inventory = self.inventory()?;
+        let disks: Vec<Disk> = serde_json::from_value(inventory["disks"].clone())
+            .map_err(|e| format!("simulated inventory: {e}"))?;
+        select_disk(&disks, hints)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -79,12 +74,8 @@ impl Host for SimulatedNode {
         Ok(self.disk.clone())
     }
 
-    fn write_configdrive(
-        &self,
-        disk: &PathBuf,
-        params: &ConfigdriveParams,
-    ) -> Result<Value, String> {
-        super::run::write_configdrive(disk, params)
+    fn write_configdrive(&self, disk: &Path, params: &ConfigdriveParams) -> Result<Value, String> {
+        write_configdrive(disk, params)
     }
 
     fn power_off(&self) {}

@@ -23,6 +23,7 @@ use crate::deploy::protocol::{
     DeploymentNode, DeploymentStatus, EraseParams, HeartbeatRequest, HeartbeatResponse,
     LookupRequest, LookupResponse, WriteImageParams,
 };
+use crate::deploy::rules;
 use crate::deploy::state::{Event, ProvisionState};
 use crate::deploy::store::{self, InstanceInfo, Node, Store, StoreError};
 use crate::util::atomic_file::AtomicFile;
@@ -271,7 +272,8 @@ impl Conductor {
     pub fn set_rules(&self, body: &str) -> Result<Value> {
         let rules: Value = serde_yaml_ng::from_str(body)
             .map_err(|err| ConductorError::BadRequest(format!("rules: {err}")))?;
-        seams::validate_rules(&rules).map_err(ConductorError::BadRequest)?;
+        rules::parse_rules(body, "rules")
+            .map_err(|err| ConductorError::BadRequest(err.to_string()))?;
         let bytes = serde_json::to_vec_pretty(&rules).map_err(|err| {
             ConductorError::BadRequest(format!("rules: cannot encode as JSON: {err}"))
         })?;
@@ -643,22 +645,28 @@ impl Conductor {
             self.power_off_logged(store, node);
             return Ok(());
         }
-        let properties = seams::derive_properties(&node.properties, inventory);
-        let rules = self.rules();
-        match seams::run_rules(&rules, &properties, inventory) {
-            Ok(capabilities) => {
-                let mut properties = properties;
-                properties.capabilities.extend(capabilities);
-                store.set_properties(&id, &properties)?;
-                store.transition(&id, Event::Done, Some("inventory received"))?;
-            }
-            Err(message) => {
-                store.set_properties(&id, &properties)?;
-                store.transition(&id, Event::Fail, Some(&message))?;
+        let outcome = self
+            .parsed_rules()
+            .and_then(|list| rules::process_inventory(store, &id, inventory, &list));
+        match outcome {
+            Ok(outcome) => match outcome.failure {
+                None => {
+                    store.transition(&id, Event::Done, Some("inventory received"))?;
+                }
+                Some(message) => {
+                    store.transition(&id, Event::Fail, Some(&message))?;
+                }
+            },
+            Err(err) => {
+                store.transition(&id, Event::Fail, Some(&err.to_string()))?;
             }
         }
         self.power_off_logged(store, node);
         Ok(())
+    }
+
+    fn parsed_rules(&self) -> Result<Vec<rules::Rule>, rules::RulesError> {
+        rules::parse_rules(&self.rules().to_string(), "introspection rules")
     }
 
     /// POST /v1/agent/{uuid}/heartbeat: records the agent's report and answers
@@ -903,6 +911,17 @@ fn configdrive_params(node: &Node, hints: serde_json::Map<String, Value>) -> Con
                    "link": format!("port{index}"), "network_id": format!("network{index}")})
         })
         .collect();
+    // meta_data.meta holds strings only (Nova's rule).
+    let mut meta = serde_json::Map::new();
+    for (key, value) in [
+        ("role", info.role.clone()),
+        ("deployment", info.deployment.clone()),
+        ("index", info.index.map(|index| index.to_string())),
+    ] {
+        if let Some(value) = value {
+            meta.insert(key.to_string(), Value::String(value));
+        }
+    }
     ConfigdriveParams {
         meta_data: json!({
             "uuid": node.uuid,
@@ -911,7 +930,7 @@ fn configdrive_params(node: &Node, hints: serde_json::Map<String, Value>) -> Con
             "launch_index": info.index.unwrap_or(0),
             "availability_zone": "nova",
             "public_keys": public_keys,
-            "meta": {"role": info.role, "deployment": info.deployment},
+            "meta": meta,
         }),
         user_data: info
             .config

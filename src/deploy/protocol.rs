@@ -182,3 +182,50 @@ pub struct DeploymentStatus {
     pub name: String,
     pub nodes: Vec<DeploymentNode>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn commands_travel_as_id_name_params() {
+        let command = Command {
+            id: "write_image".into(),
+            kind: CommandKind::WriteImage(WriteImageParams {
+                url: "/v1/images/a.qcow2".into(),
+                checksum: "sha256:00".into(),
+                format: None,
+                hints: serde_json::Map::new(),
+            }),
+        };
+        let wire = serde_json::to_value(&command).unwrap();
+        assert_eq!(wire["id"], "write_image");
+        assert_eq!(wire["name"], "write_image");
+        assert_eq!(wire["params"]["url"], "/v1/images/a.qcow2");
+        assert_eq!(serde_json::from_value::<Command>(wire).unwrap(), command);
+        let power_off: Command =
+            serde_json::from_value(json!({"id": "power_off", "name": "power_off"})).unwrap();
+        assert_eq!(power_off.kind, CommandKind::PowerOff);
+    }
+
+    #[test]
+    fn heartbeat_reports_parse_with_and_without_a_command() {
+        let idle: HeartbeatRequest = serde_json::from_value(json!({"command": null})).unwrap();
+        assert_eq!(idle.command, None);
+        let running: HeartbeatRequest = serde_json::from_value(json!({"command": {
+            "id": "write_image", "status": "running", "progress": {"done": 5, "total": 10}
+        }}))
+        .unwrap();
+        let report = running.command.unwrap();
+        assert_eq!(report.status, CommandStatus::Running);
+        assert_eq!(
+            report.progress,
+            Some(CommandProgress { done: 5, total: 10 })
+        );
+        let bad = serde_json::from_value::<HeartbeatRequest>(
+            json!({"command": {"id": "x", "status": "sleeping"}}),
+        );
+        assert!(bad.is_err());
+    }
+}

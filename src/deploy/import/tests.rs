@@ -1,5 +1,5 @@
 use super::*;
-use crate::deploy::store::Store;
+use crate::deploy::store::{QemuFirmware, Store};
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,17 +5,17 @@
 //! (enrolling a batch of nodes, a transition plus its timeline row) are one
 //! transaction each.
 
+mod enroll;
 mod model;
+mod records;
+mod row;
 mod schema;
 mod token;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::deploy::state::{self, Event, ProvisionState, TransitionError};
@@ -24,6 +24,7 @@ pub use model::{
     Deployment, Driver, DriverInfo, InFlight, InstanceInfo, NewNode, Node, PowerState, Progress,
     Properties, QemuFirmware, StoredInventory, TimelineEvent,
 };
+use row::{NODE_COLUMNS, from_json, normalize_mac, raw_node, to_json};
 pub use schema::SCHEMA_VERSION;
 pub use token::new_agent_token;
 
@@ -60,6 +61,12 @@ pub enum StoreError {
         node: String,
         source: TransitionError,
     },
+    #[error("node {node} is now {actual}, no longer {expected}")]
+    StateChanged {
+        node: String,
+        expected: ProvisionState,
+        actual: ProvisionState,
+    },
     #[error("node {node}: stored {field} is unreadable: {message}")]
     Corrupt {
         node: String,
@@ -84,111 +91,6 @@ pub fn now() -> i64 {
 
 pub struct Store {
     conn: Connection,
-}
-
-const NODE_COLUMNS: &str = "uuid, name, driver, driver_info, properties, provision_state, \
-     target_provision_state, power_state, last_error, instance_info, \
-     agent_token_hash IS NOT NULL, last_heartbeat, state_entered_at, deploy_step, \
-     bytes_written, bytes_total, created_at";
-
-/// A node row before its JSON columns are decoded (decoding errors are ours, not
-/// rusqlite's, so they happen outside the row callback).
-struct RawNode {
-    uuid: String,
-    name: String,
-    driver: String,
-    driver_info: String,
-    properties: String,
-    provision_state: String,
-    target_provision_state: Option<String>,
-    power_state: Option<String>,
-    last_error: Option<String>,
-    instance_info: String,
-    has_agent_token: bool,
-    last_heartbeat: Option<i64>,
-    state_entered_at: i64,
-    deploy_step: Option<String>,
-    bytes_written: i64,
-    bytes_total: Option<i64>,
-    created_at: i64,
-}
-
-fn raw_node(row: &Row<'_>) -> rusqlite::Result<RawNode> {
-    Ok(RawNode {
-        uuid: row.get(0)?,
-        name: row.get(1)?,
-        driver: row.get(2)?,
-        driver_info: row.get(3)?,
-        properties: row.get(4)?,
-        provision_state: row.get(5)?,
-        target_provision_state: row.get(6)?,
-        power_state: row.get(7)?,
-        last_error: row.get(8)?,
-        instance_info: row.get(9)?,
-        has_agent_token: row.get(10)?,
-        last_heartbeat: row.get(11)?,
-        state_entered_at: row.get(12)?,
-        deploy_step: row.get(13)?,
-        bytes_written: row.get(14)?,
-        bytes_total: row.get(15)?,
-        created_at: row.get(16)?,
-    })
-}
-
-impl RawNode {
-    fn decode(self, macs: Vec<String>) -> Result<Node> {
-        let corrupt = |field: &'static str, message: String| StoreError::Corrupt {
-            node: self.name.clone(),
-            field,
-            message,
-        };
-        let state = |field: &'static str, text: &str| {
-            text.parse::<ProvisionState>()
-                .map_err(|err| corrupt(field, err.to_string()))
-        };
-        Ok(Node {
-            uuid: Uuid::parse_str(&self.uuid).map_err(|err| corrupt("uuid", err.to_string()))?,
-            driver: self.driver.parse().map_err(|err| corrupt("driver", err))?,
-            driver_info: from_json(&self.driver_info).map_err(|err| corrupt("driver_info", err))?,
-            properties: from_json(&self.properties).map_err(|err| corrupt("properties", err))?,
-            provision_state: state("provision_state", &self.provision_state)?,
-            target_provision_state: match &self.target_provision_state {
-                Some(text) => Some(state("target_provision_state", text)?),
-                None => None,
-            },
-            power_state: self.power_state.as_deref().and_then(PowerState::parse),
-            instance_info: from_json(&self.instance_info)
-                .map_err(|err| corrupt("instance_info", err))?,
-            has_agent_token: self.has_agent_token,
-            last_heartbeat: self.last_heartbeat,
-            state_entered_at: self.state_entered_at,
-            progress: Progress {
-                deploy_step: self.deploy_step.clone(),
-                bytes_written: self.bytes_written.max(0) as u64,
-                bytes_total: self.bytes_total.map(|total| total.max(0) as u64),
-            },
-            created_at: self.created_at,
-            last_error: self.last_error.clone(),
-            macs,
-            name: self.name,
-        })
-    }
-}
-
-fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    serde_json::from_str(text).map_err(|err| err.to_string())
-}
-
-fn to_json<T: Serialize>(what: &'static str, value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|err| StoreError::Encode {
-        what,
-        message: err.to_string(),
-    })
-}
-
-/// Lower-case MAC, so lookups do not depend on how the agent spells it.
-fn normalize_mac(mac: &str) -> String {
-    mac.trim().to_ascii_lowercase().replace('-', ":")
 }
 
 impl Store {
@@ -229,43 +131,6 @@ impl Store {
                 Err(err)
             }
         }
-    }
-
-    /// Enrolls all `nodes` in one transaction, in `enroll` state: either every node is
-    /// stored or none is. Names and MACs already in use (in the store or twice in
-    /// the batch) are refused, all of them named in the error.
-    pub fn create_nodes(&self, nodes: &[NewNode]) -> Result<Vec<Node>> {
-        let created = self.write(|conn| {
-            check_unique(conn, nodes)?;
-            let time = now();
-            let mut uuids = Vec::with_capacity(nodes.len());
-            for node in nodes {
-                let uuid = Uuid::new_v4().to_string();
-                conn.execute(
-                    "INSERT INTO nodes (uuid, name, driver, driver_info, properties, \
-                     provision_state, instance_info, state_entered_at, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}', ?7, ?7)",
-                    params![
-                        uuid,
-                        node.name,
-                        node.driver.as_str(),
-                        to_json("driver_info", &node.driver_info)?,
-                        to_json("properties", &node.properties)?,
-                        ProvisionState::Enroll.as_str(),
-                        time,
-                    ],
-                )?;
-                for mac in &node.macs {
-                    conn.execute(
-                        "INSERT INTO ports (mac, node_uuid) VALUES (?1, ?2)",
-                        params![normalize_mac(mac), uuid],
-                    )?;
-                }
-                uuids.push(uuid);
-            }
-            Ok(uuids)
-        })?;
-        created.iter().map(|uuid| self.node(uuid)).collect()
     }
 
     /// The node with this UUID or name.
@@ -349,12 +214,37 @@ impl Store {
     /// state. Operator verbs clear `last_error`; fail, timeout and abort set it to
     /// `message`. Starting a deploy resets the streaming progress.
     pub fn transition(&self, node: &str, event: Event, message: Option<&str>) -> Result<Node> {
+        self.apply_event(node, None, event, message)
+    }
+
+    /// Like `transition`, but only if the node is still in `expected` (entered at
+    /// `entered_at` when given): a timeout or a late callback must not act on a node
+    /// that moved on since the caller looked. Otherwise `StateChanged`.
+    pub fn transition_if(
+        &self,
+        node: &str,
+        expected: ProvisionState,
+        entered_at: Option<i64>,
+        event: Event,
+        message: Option<&str>,
+    ) -> Result<Node> {
+        self.apply_event(node, Some((expected, entered_at)), event, message)
+    }
+
+    fn apply_event(
+        &self,
+        node: &str,
+        expected: Option<(ProvisionState, Option<i64>)>,
+        event: Event,
+        message: Option<&str>,
+    ) -> Result<Node> {
         let uuid = self.write(|conn| {
-            let (uuid, name, current): (String, String, String) = conn
+            let (uuid, name, current, entered): (String, String, String, i64) = conn
                 .query_row(
-                    "SELECT uuid, name, provision_state FROM nodes WHERE uuid = ?1 OR name = ?1",
+                    "SELECT uuid, name, provision_state, state_entered_at FROM nodes \
+                     WHERE uuid = ?1 OR name = ?1",
                     [node],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )
                 .optional()?
                 .ok_or_else(|| StoreError::NodeNotFound(node.to_string()))?;
@@ -366,6 +256,15 @@ impl Store {
                         field: "provision_state",
                         message: err.to_string(),
                     })?;
+            if let Some((state, at)) = expected
+                && (state != from || at.is_some_and(|at| at != entered))
+            {
+                return Err(StoreError::StateChanged {
+                    node: name,
+                    expected: state,
+                    actual: from,
+                });
+            }
             let to = state::apply(from, event).map_err(|source| StoreError::Transition {
                 node: name.clone(),
                 source,
@@ -501,44 +400,6 @@ impl Store {
         )
     }
 
-    /// Stores (replacing) the node's inventory as collected now.
-    pub fn save_inventory(&self, node: &str, inventory: &Value) -> Result<()> {
-        let json = to_json("inventory", inventory)?;
-        self.write(|conn| {
-            let uuid = Self::uuid_of(conn, node)?;
-            conn.execute(
-                "INSERT INTO inventories (node_uuid, inventory, collected_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(node_uuid) DO UPDATE SET inventory = ?2, collected_at = ?3",
-                params![uuid, json, now()],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub fn inventory(&self, node: &str) -> Result<Option<StoredInventory>> {
-        let uuid = Self::uuid_of(&self.conn, node)?;
-        let row: Option<(String, i64)> = self
-            .conn
-            .query_row(
-                "SELECT inventory, collected_at FROM inventories WHERE node_uuid = ?1",
-                [&uuid],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        row.map(|(text, collected_at)| {
-            let inventory = from_json(&text).map_err(|message| StoreError::Corrupt {
-                node: node.to_string(),
-                field: "inventory",
-                message,
-            })?;
-            Ok(StoredInventory {
-                inventory,
-                collected_at,
-            })
-        })
-        .transpose()
-    }
-
     /// Remembers only the SHA-256 of the agent token.
     pub fn set_agent_token(&self, node: &str, token: &str) -> Result<Node> {
         let hash = token::hash(token);
@@ -610,143 +471,10 @@ impl Store {
             })
             .collect())
     }
-
-    /// The node's state changes, oldest first.
-    pub fn timeline(&self, node: &str) -> Result<Vec<TimelineEvent>> {
-        let uuid = Self::uuid_of(&self.conn, node)?;
-        let mut stmt = self.conn.prepare(
-            "SELECT time, from_state, to_state, event, message FROM events \
-             WHERE node_uuid = ?1 ORDER BY id",
-        )?;
-        let rows = stmt
-            .query_map([&uuid], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<String>>(4)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(time, from, to, event, message)| {
-                let corrupt = |message: String| StoreError::Corrupt {
-                    node: node.to_string(),
-                    field: "timeline",
-                    message,
-                };
-                Ok(TimelineEvent {
-                    time,
-                    from_state: from
-                        .parse()
-                        .map_err(|e: state::ParseNameError| corrupt(e.to_string()))?,
-                    to_state: to
-                        .parse()
-                        .map_err(|e: state::ParseNameError| corrupt(e.to_string()))?,
-                    event: event
-                        .parse()
-                        .map_err(|e: state::ParseNameError| corrupt(e.to_string()))?,
-                    message,
-                })
-            })
-            .collect()
-    }
-
-    /// Stores (or replaces) a deployment's plan.
-    pub fn save_deployment(&self, name: &str, plan: &Value) -> Result<()> {
-        let json = to_json("plan", plan)?;
-        self.write(|conn| {
-            let time = now();
-            conn.execute(
-                "INSERT INTO deployments (name, plan, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?3) \
-                 ON CONFLICT(name) DO UPDATE SET plan = ?2, updated_at = ?3",
-                params![name, json, time],
-            )?;
-            Ok(())
-        })
-    }
-
-    pub fn deployment(&self, name: &str) -> Result<Option<Deployment>> {
-        let row: Option<(String, i64, i64)> = self
-            .conn
-            .query_row(
-                "SELECT plan, created_at, updated_at FROM deployments WHERE name = ?1",
-                [name],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()?;
-        row.map(|(text, created_at, updated_at)| {
-            let plan = from_json(&text).map_err(|message| StoreError::Corrupt {
-                node: format!("(deployment {name})"),
-                field: "plan",
-                message,
-            })?;
-            Ok(Deployment {
-                name: name.to_string(),
-                plan,
-                created_at,
-                updated_at,
-            })
-        })
-        .transpose()
-    }
-
-    pub fn deployment_names(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM deployments ORDER BY name")?;
-        let names = stmt
-            .query_map([], |row| row.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(names)
-    }
 }
 
 fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Refuses names and MACs that repeat in the batch or are already stored.
-fn check_unique(conn: &Connection, nodes: &[NewNode]) -> Result<()> {
-    let mut seen_names = BTreeSet::new();
-    let mut bad_names = BTreeSet::new();
-    let mut seen_macs = BTreeSet::new();
-    let mut bad_macs = BTreeSet::new();
-    for node in nodes {
-        let taken: bool = conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)",
-            [&node.name],
-            |row| row.get(0),
-        )?;
-        if taken || !seen_names.insert(node.name.clone()) {
-            bad_names.insert(node.name.clone());
-        }
-        for mac in &node.macs {
-            let mac = normalize_mac(mac);
-            let owner: Option<String> = conn
-                .query_row(
-                    "SELECT nodes.name FROM ports JOIN nodes ON nodes.uuid = ports.node_uuid \
-                     WHERE ports.mac = ?1",
-                    [&mac],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(owner) = owner {
-                bad_macs.insert(format!("{mac} (node {owner})"));
-            } else if !seen_macs.insert(mac.clone()) {
-                bad_macs.insert(format!("{mac} (twice in the new nodes)"));
-            }
-        }
-    }
-    if !bad_names.is_empty() {
-        return Err(StoreError::DuplicateNames(bad_names.into_iter().collect()));
-    }
-    if !bad_macs.is_empty() {
-        return Err(StoreError::DuplicateMacs(bad_macs.into_iter().collect()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -323,3 +323,65 @@ fn a_database_from_a_newer_kiln_is_refused() {
     drop(raw);
     Store::open(path).unwrap();
 }
+
+#[test]
+fn guarded_transition_refuses_a_node_that_moved_on() {
+    let store = memory_store();
+    store
+        .create_nodes(&[new_node("n", "52:54:00:00:00:01")])
+        .unwrap();
+    store.transition("n", Event::Manage, None).unwrap();
+    let inspecting = store.transition("n", Event::Inspect, None).unwrap();
+    // The agent reported first; the timeout computed earlier must not apply.
+    store.transition("n", Event::Done, None).unwrap();
+    let err = store
+        .transition_if("n", ProvisionState::Inspecting, None, Event::Timeout, None)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "node n is now manageable, no longer inspecting"
+    );
+    // Same state, but entered again since: refused too.
+    store.transition("n", Event::Inspect, None).unwrap();
+    let stale = inspecting.state_entered_at - 1;
+    assert!(matches!(
+        store.transition_if(
+            "n",
+            ProvisionState::Inspecting,
+            Some(stale),
+            Event::Timeout,
+            None
+        ),
+        Err(StoreError::StateChanged { .. })
+    ));
+    let current = store.node("n").unwrap().state_entered_at;
+    let node = store
+        .transition_if(
+            "n",
+            ProvisionState::Inspecting,
+            Some(current),
+            Event::Timeout,
+            None,
+        )
+        .unwrap();
+    assert_eq!(node.provision_state, ProvisionState::InspectFailed);
+}
+
+#[test]
+fn two_connections_to_one_file_see_each_others_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let path = path.to_str().unwrap();
+    let writer = Store::open(path).unwrap();
+    let reader = Store::open(path).unwrap();
+    writer
+        .create_nodes(&[new_node("n", "52:54:00:00:00:01")])
+        .unwrap();
+    writer.transition("n", Event::Manage, None).unwrap();
+    assert_eq!(
+        reader.node("n").unwrap().provision_state,
+        ProvisionState::Manageable
+    );
+    reader.transition("n", Event::Inspect, None).unwrap();
+    assert_eq!(writer.timeline("n").unwrap().len(), 2);
+}

@@ -4,8 +4,10 @@ mod agent;
 mod build;
 mod conductor;
 mod customize;
+mod deploy;
 mod image;
 mod initrd;
+mod node;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// The deploy conductor: HTTP API, node flows, image server
     Conductor(conductor::ConductorArgs),
+    /// Bare-metal nodes: import, list, show, manage, inspect, provide, power, rules
+    Node(node::NodeArgs),
+    /// Deploy a plan's roles onto nodes; status, list, undeploy
+    Deploy(deploy::DeployArgs),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -51,6 +57,8 @@ pub fn main() -> ExitCode {
         Command::Initrd(cmd) => initrd::run(cmd),
         Command::Agent(cmd) => agent::run(cmd),
         Command::Conductor(args) => conductor::run(args),
+        Command::Node(args) => node::run(args),
+        Command::Deploy(args) => deploy::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

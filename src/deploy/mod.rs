@@ -3,6 +3,7 @@
 //! conductor service and its HTTP API.
 
 pub mod api;
+pub mod client;
 pub mod conductor;
 pub mod images;
 pub mod import;

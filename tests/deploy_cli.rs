@@ -320,3 +320,189 @@ fn rules_and_plans_are_checked_before_the_conductor_acts() {
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "");
 }
+
+/// A simulated node's agent process, killed at the end of the test.
+struct Agent(Child);
+
+impl Agent {
+    fn start(url: &str, mac: &str, disk: &Path, memory_mb: u64) -> Agent {
+        let child = Command::new(KILN)
+            .args(["agent", "--simulate", "--api-url", url, "--mac", mac])
+            .arg("--disk")
+            .arg(format!("{}:5G", disk.display()))
+            .args(["--memory-mb", &memory_mb.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kiln agent");
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {out:?}");
+}
+
+const IMAGE_SIZE: usize = 16 << 20;
+
+/// A 16 MiB disk image with one GPT partition (sgdisk) full of patterned data,
+/// as qcow2 in the conductor's image folder; returns its raw form per qemu-img.
+fn make_image(dir: &Path) -> Vec<u8> {
+    let raw = dir.join("image.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(IMAGE_SIZE as u64)
+        .unwrap();
+    run("sgdisk", &["-n", "1:2048:+12M", "-c", "1:root", arg(&raw)]);
+    let mut bytes = std::fs::read(&raw).unwrap();
+    for (i, chunk) in bytes[1 << 20..13 << 20].chunks_mut(4096).enumerate() {
+        if i % 5 == 0 {
+            chunk.fill((i % 251) as u8 | 1);
+        }
+    }
+    std::fs::write(&raw, &bytes).unwrap();
+    let qcow2 = dir.join("images/overcloud-full.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            arg(&raw),
+            arg(&qcow2),
+        ],
+    );
+    let oracle = dir.join("oracle.raw");
+    run(
+        "qemu-img",
+        &["convert", "-O", "raw", arg(&qcow2), arg(&oracle)],
+    );
+    std::fs::read(&oracle).unwrap()
+}
+
+#[test]
+fn inspect_provide_deploy_and_undeploy_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path());
+    let image = make_image(dir.path());
+    let url = conductor.url.clone();
+    let nodes = write(
+        dir.path(),
+        "nodes.yaml",
+        "nodes:\n  - {name: node-a, pm_type: manual, ports: [{address: '52:54:00:00:01:0a'}]}\n  - {name: node-b, pm_type: manual, ports: [{address: '52:54:00:00:01:0b'}]}\n",
+    );
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "- conditions: [{op: ge, field: memory_mb, value: 8192}]\n  actions: [{action: set-capability, name: profile, value: control}]\n- conditions: [{op: lt, field: memory_mb, value: 8192}]\n  actions: [{action: set-capability, name: profile, value: compute}]\n",
+    );
+    let ok = |args: &[&str]| {
+        let (code, out, err) = conductor.kiln(args);
+        assert_eq!(code, 0, "kiln {args:?}: {out}{err}");
+        out
+    };
+    ok(&["node", "import", arg(&nodes)]);
+    ok(&["node", "rules", "set", arg(&rules)]);
+    ok(&["node", "manage", "node-a", "node-b", "--wait"]);
+
+    let disk_a = dir.path().join("a.img");
+    let disk_b = dir.path().join("b.img");
+    {
+        // The agents look up (retrying) until the nodes expect them.
+        let _a = Agent::start(&url, "52:54:00:00:01:0a", &disk_a, 16384);
+        let _b = Agent::start(&url, "52:54:00:00:01:0b", &disk_b, 4096);
+        let out = ok(&[
+            "node",
+            "inspect",
+            "node-a",
+            "node-b",
+            "--wait",
+            "--timeout",
+            "300",
+        ]);
+        assert!(out.contains("manageable"), "{out}");
+    }
+    assert_eq!(
+        conductor.node("node-a")["properties"]["capabilities"]["profile"],
+        "control"
+    );
+    assert_eq!(
+        conductor.node("node-b")["properties"]["capabilities"]["profile"],
+        "compute"
+    );
+    let page = ok(&["node", "show", "node-b"]);
+    assert!(page.contains("memory: 4096 MiB"), "{page}");
+    assert!(page.contains("52:54:00:00:01:0b"), "{page}");
+    assert!(page.contains("manageable -> inspecting"), "{page}");
+
+    ok(&["node", "provide", "node-a", "node-b", "--wait"]);
+    let plan = write(
+        dir.path(),
+        "plan.yaml",
+        "name: overcloud\nimages: {overcloud-full: overcloud-full.qcow2}\nroles:\n  - {name: Controller, count: 1, profile: control, image: overcloud-full, hostname_format: 'overcloud-controller-%index%'}\n  - {name: Compute, count: 1, profile: compute, image: overcloud-full}\n",
+    );
+    {
+        let _a = Agent::start(&url, "52:54:00:00:01:0a", &disk_a, 16384);
+        let _b = Agent::start(&url, "52:54:00:00:01:0b", &disk_b, 4096);
+        let out = ok(&["deploy", arg(&plan), "--wait", "--timeout", "300"]);
+        assert!(out.contains("overcloud-controller-0"), "{out}");
+    }
+    let out = ok(&["deploy", "status", "overcloud", "--json"]);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let deployed = status[0]["nodes"].as_array().unwrap();
+    assert_eq!(deployed.len(), 2, "{status}");
+    for node in deployed {
+        assert_eq!(node["state"], "active", "{node}");
+        let want_role = if node["node"] == "node-a" {
+            "Controller"
+        } else {
+            "Compute"
+        };
+        assert_eq!(node["role"], want_role, "{node}");
+    }
+    assert_eq!(ok(&["deploy", "list"]).trim(), "overcloud");
+    // Oracle: qemu-img's own decoding of the image; compare the partition's data
+    // (the GPT at both ends is rewritten for the config drive).
+    for disk in [&disk_a, &disk_b] {
+        let mut got = vec![0u8; IMAGE_SIZE];
+        std::io::Read::read_exact(&mut std::fs::File::open(disk).unwrap(), &mut got).unwrap();
+        let data = 1 << 20..13 << 20;
+        assert!(
+            got[data.clone()] == image[data],
+            "{} lacks the image",
+            disk.display()
+        );
+    }
+
+    // A deployed node refuses `provide`, naming what it accepts.
+    let (code, _, err) = conductor.kiln(&["node", "provide", "node-a"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("allowed verbs:") && err.contains("undeploy"),
+        "{err}"
+    );
+
+    ok(&[
+        "deploy",
+        "undeploy",
+        "overcloud",
+        "--wait",
+        "--timeout",
+        "300",
+    ]);
+    for name in ["node-a", "node-b"] {
+        assert_eq!(conductor.node(name)["provision_state"], "available");
+    }
+}

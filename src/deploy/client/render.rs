@@ -147,7 +147,12 @@ pub fn node_page(details: &NodeDetails) -> String {
     let mut rows = Vec::new();
     if let Value::Object(fields) = record {
         for (key, value) in fields {
-            rows.push(vec![key, field_text(&value)]);
+            let text = match value.as_i64() {
+                // Unix seconds read better as dates.
+                Some(seconds) if key.ends_with("_at") || key == "last_heartbeat" => utc(seconds),
+                _ => field_text(&value),
+            };
+            rows.push(vec![key, text]);
         }
     }
     rows.sort();

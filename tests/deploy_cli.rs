@@ -506,3 +506,47 @@ fn inspect_provide_deploy_and_undeploy_through_the_cli() {
         assert_eq!(conductor.node(name)["provision_state"], "available");
     }
 }
+
+#[test]
+fn a_wait_ends_with_exit_1_on_a_failed_state_or_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let conductor = Conductor::start(dir.path());
+    let nodes = write(
+        dir.path(),
+        "nodes.yaml",
+        "- {name: node-c, pm_type: manual, mac: ['52:54:00:00:02:0c']}\n- {name: node-d, pm_type: manual, mac: ['52:54:00:00:02:0d']}\n",
+    );
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "- conditions: [{op: lt, field: memory_mb, value: 999999}]\n  actions: [{action: fail, message: too small for this cloud}]\n",
+    );
+    for args in [
+        vec!["node", "import", arg(&nodes)],
+        vec!["node", "rules", "set", arg(&rules)],
+        vec!["node", "manage", "node-c", "node-d"],
+    ] {
+        let (code, _, err) = conductor.kiln(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    // No agent ever comes for node-d: the wait gives up and says where it stood.
+    let (code, _, err) = conductor.kiln(&["node", "inspect", "node-d", "--wait", "--timeout", "1"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("did not reach a stable state within 1 s") && err.contains("inspecting"),
+        "{err}"
+    );
+
+    let disk = dir.path().join("c.img");
+    let _agent = Agent::start(&conductor.url, "52:54:00:00:02:0c", &disk, 2048);
+    let (code, _, err) =
+        conductor.kiln(&["node", "inspect", "node-c", "--wait", "--timeout", "300"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("node node-c is inspect failed"), "{err}");
+    assert!(err.contains("too small for this cloud"), "{err}");
+    let node = conductor.node("node-c");
+    assert_eq!(node["provision_state"], "inspect failed");
+    let (_, table, _) = conductor.kiln(&["node", "list"]);
+    assert!(table.contains("too small for this cloud"), "{table}");
+}

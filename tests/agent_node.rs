@@ -11,7 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::agent::configdrive::{ConfigDriveError, TableKind, write_config_drive};
+use kiln::agent::configdrive::{
+    ConfigDriveError, DiskIo, TableKind, write_config_drive, write_config_drive_on,
+};
 use kiln::agent::hints::{HintError, RootDeviceHints, select_root_device};
 use kiln::agent::inventory::{BootMode, Disk, collect_inventory};
 use kiln::format::configdrive::{ConfigDriveContent, MetaData, NetworkData};
@@ -623,6 +625,55 @@ fn config_drive_bytes_are_reproducible() {
     let other = gpt_disk(dir.path(), "c.img", 40, 100);
     write_config_drive(&other, &content("other-host")).unwrap();
     assert!(std::fs::read(&a).unwrap() != std::fs::read(&other).unwrap());
+}
+
+/// A disk in memory, as a remote target (an iSCSI LUN) would be.
+struct MemDisk(std::sync::Mutex<Vec<u8>>);
+
+impl DiskIo for MemDisk {
+    fn size(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let data = self.0.lock().unwrap();
+        let src = data
+            .get(offset as usize..offset as usize + buf.len())
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut data = self.0.lock().unwrap();
+        let dst = data
+            .get_mut(offset as usize..offset as usize + buf.len())
+            .ok_or(std::io::ErrorKind::WriteZero)?;
+        dst.copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn config_drive_on_any_disk_io_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = gpt_disk(dir.path(), "f.img", 40, 80);
+    let mem = std::sync::Arc::new(MemDisk(std::sync::Mutex::new(
+        std::fs::read(&file).unwrap(),
+    )));
+    let c = content("mem");
+    let a = write_config_drive(&file, &c).unwrap();
+    let b = write_config_drive_on(mem.clone(), "lun0", &c).unwrap();
+    assert_eq!(a, b);
+    assert!(*mem.0.lock().unwrap() == std::fs::read(&file).unwrap());
+    let e = write_config_drive_on(
+        std::sync::Arc::new(MemDisk(std::sync::Mutex::new(vec![0; 4096]))),
+        "lun1",
+        &c,
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("lun1: "), "{e}");
 }
 
 #[test]

@@ -744,6 +744,38 @@ fn config_drive_refusals_leave_the_disk_alone() {
     assert!(matches!(e, ConfigDriveError::NoRoom { .. }), "{e}");
     assert!(std::fs::read(&full).unwrap() == before);
 
+    // The disk is smaller than the image's table says.
+    let short = gpt_disk(d, "short.img", 48, 48);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&short)
+        .unwrap()
+        .set_len(40 * MIB)
+        .unwrap();
+    let e = write_config_drive(&short, &c).unwrap_err();
+    assert!(matches!(e, ConfigDriveError::Gpt { .. }), "{e}");
+
+    // A damaged primary header: the image did not arrive intact. With the backup
+    // still in the image (smaller than the disk) no table is found at all; with
+    // the backup at the disk's end, the primary's damage is named.
+    for (image, disk, damaged_gpt) in [(40, 100, false), (48, 48, true)] {
+        let damaged = gpt_disk(d, "damaged.img", image, disk);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&damaged)
+            .unwrap();
+        f.write_all_at(&[0xFF; 4], 512 + 16).unwrap();
+        drop(f);
+        let before = std::fs::read(&damaged).unwrap();
+        let e = write_config_drive(&damaged, &c).unwrap_err();
+        if damaged_gpt {
+            assert!(matches!(e, ConfigDriveError::DamagedGpt { .. }), "{e}");
+        } else {
+            assert!(e.to_string().contains("CRC32 mismatch"), "{e}");
+        }
+        assert!(std::fs::read(&damaged).unwrap() == before);
+    }
+
     // All four MBR slots in use.
     let four = d.join("four.img");
     let f = create_rw(&four);

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin clap front end; everything it does is a
 //! library call so tests and benches can use the same code.
 
+pub mod agent;
 pub mod boot;
 pub mod build;
 pub mod cli;

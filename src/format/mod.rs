@@ -1,6 +1,7 @@
 //! Byte formats of disk images. Pure and process-free: readers are `BlockSource`s
 //! over `ReadAt`, writers take bytes in order.
 
+pub mod configdrive;
 pub mod cpio;
 pub mod deb;
 pub mod fat;

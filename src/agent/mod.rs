@@ -1,0 +1,9 @@
+//! The node side of deployment: what runs inside the deploy ramdisk as `kiln agent`.
+//!
+//! * [`inventory`] describes the machine from /proc and /sys (IPA's inventory fields).
+//! * [`hints`] picks the root disk from Ironic-style root device hints.
+//! * [`configdrive`] writes the config-2 partition at the end of the deployed disk.
+
+pub mod configdrive;
+pub mod hints;
+pub mod inventory;

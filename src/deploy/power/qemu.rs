@@ -643,7 +643,8 @@ mod tests {
     #[test]
     fn bad_node_fields_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(fn(&mut QemuNode), &str); 4] = [
+        type Breaker = fn(&mut QemuNode);
+        let cases: [(Breaker, &str); 4] = [
             (|n| n.name = "../x".into(), "name"),
             (|n| n.mac = "52:54:00:12:34".into(), "mac"),
             (|n| n.disk_format = "vmdk".into(), "disk_format"),

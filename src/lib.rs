@@ -8,6 +8,7 @@ pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod customize;
+pub mod deploy;
 pub mod disk;
 pub mod element;
 pub mod format;

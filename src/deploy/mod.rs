@@ -1,0 +1,3 @@
+//! The conductor side of deployment (issue 6).
+
+pub mod power;

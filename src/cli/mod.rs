@@ -1,6 +1,8 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
+mod agent;
 mod build;
+mod conductor;
 mod customize;
 mod image;
 mod initrd;
@@ -28,6 +30,10 @@ enum Command {
     /// Linux initramfs images: ls, extract, pack, rm
     #[command(subcommand)]
     Initrd(initrd::InitrdCommand),
+    /// Deploy agent (runs in the deploy ramdisk): the agent loop (--api-url), write-image
+    Agent(agent::AgentArgs),
+    /// The deploy conductor: HTTP API, node flows, image server
+    Conductor(conductor::ConductorArgs),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -43,6 +49,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
         Command::Initrd(cmd) => initrd::run(cmd),
+        Command::Agent(cmd) => agent::run(cmd),
+        Command::Conductor(args) => conductor::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

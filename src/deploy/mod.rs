@@ -1,9 +1,14 @@
 //! The conductor side of deployment: node state machine, state store, node import,
-//! introspection rules, deploy plans and power drivers.
+//! introspection rules, deploy plans, the image server, power drivers, the
+//! conductor service and its HTTP API.
 
+pub mod api;
+pub mod conductor;
+pub mod images;
 pub mod import;
 pub mod plan;
 pub mod power;
+pub mod protocol;
 pub mod rules;
 pub mod state;
 pub mod store;

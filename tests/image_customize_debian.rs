@@ -828,3 +828,24 @@ fn inspect_agrees_with_virt_inspector() {
         .collect();
     assert_eq!(ours, their_filesystems);
 }
+
+#[test]
+fn ls_lists_what_debugfs_lists_and_refuses_what_is_no_directory() {
+    let image = debian::debian_vm_image();
+    let image_arg = image.to_str().unwrap();
+    let guest = RawCopy::of(&image);
+    for dir in ["/", "/etc/ssh", "/var/log"] {
+        let listed = kiln_ok(&["image", "ls", image_arg, dir]);
+        let ours: BTreeSet<String> = stdout(&listed).lines().map(String::from).collect();
+        assert_eq!(ours, guest.ls(dir), "{dir}");
+    }
+    for (path, complaint) in [
+        ("/etc/no-such-dir", "does not exist"),
+        ("/etc/hostname", "is not a directory"),
+    ] {
+        let out = kiln(&["image", "ls", image_arg, path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ls {path} succeeded");
+        assert!(stderr.contains(&format!("{path} {complaint}")), "{stderr}");
+    }
+}

@@ -1,9 +1,9 @@
 //! The Debian VM image of recipes/debian-vm.yaml, built once and shared by the
 //! test binaries that need a real Debian guest.
 //!
-//! The image is cached under `<target>/kiln-test-fixtures/` in a folder named
-//! after a sha256 of everything that decides its content: the kiln binary, the
-//! recipe and every file under elements/. Any change to kiln therefore builds
+//! The image is cached under `<target>/kiln-test-fixtures/<profile>/` in a
+//! folder named after a sha256 of everything that decides its content: the
+//! kiln binary, the recipe and every file under elements/. Any change to kiln therefore builds
 //! it again (the build stays tested on every change); an unchanged kiln reuses
 //! it. An exclusive flock(2) on one lock file makes concurrent test binaries
 //! (and the parallel tests of one binary) wait for a single build instead of
@@ -29,14 +29,20 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `<target>` is two levels above the kiln binary (`<target>/debug/kiln`), which
-/// follows CARGO_TARGET_DIR wherever it points.
+/// `<target>/kiln-test-fixtures/<profile>`: `<target>` is two levels above the
+/// kiln binary (`<target>/debug/kiln`, following CARGO_TARGET_DIR wherever it
+/// points). One folder per profile, so debug and release runs (CI tests with
+/// --release) each keep their image instead of evicting each other's.
 fn fixtures_dir() -> PathBuf {
-    Path::new(KILN)
+    let profile_dir = Path::new(KILN)
         .parent()
-        .and_then(Path::parent)
+        .expect("the kiln binary lives in <target>/<profile>/");
+    let profile = profile_dir.file_name().expect("a profile folder");
+    profile_dir
+        .parent()
         .expect("the kiln binary lives in <target>/<profile>/")
         .join("kiln-test-fixtures")
+        .join(profile)
 }
 
 /// The path of the cached Debian VM qcow2, built first if kiln, the recipe or

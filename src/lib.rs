@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod build;
+pub mod config;
 pub mod cli;
 pub mod customize;
 pub mod disk;

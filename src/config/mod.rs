@@ -1,0 +1,6 @@
+//! Role configuration on a deployed node, compatible with TripleO's
+//! os-collect-config (collect), os-apply-config (render) and
+//! os-refresh-config (refresh).
+
+pub mod mustache;
+pub mod value;

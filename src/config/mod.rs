@@ -4,3 +4,6 @@
 
 pub mod mustache;
 pub mod value;
+pub mod oac;
+pub mod key;
+pub mod render;

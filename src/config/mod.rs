@@ -7,3 +7,8 @@ pub mod value;
 pub mod oac;
 pub mod key;
 pub mod render;
+pub mod cache;
+pub mod lock;
+pub mod refresh;
+pub mod apply;
+pub mod collect;

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Each command calls one library function.
 
 mod build;
+mod config;
 mod customize;
 mod image;
 mod initrd;
@@ -28,6 +29,9 @@ enum Command {
     /// Linux initramfs images: ls, extract, pack, rm
     #[command(subcommand)]
     Initrd(initrd::InitrdCommand),
+    /// Role configuration on a node: render, key, apply (os-apply-config / os-refresh-config / os-collect-config)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -43,6 +47,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
         Command::Initrd(cmd) => initrd::run(cmd),
+        Command::Config(cmd) => config::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

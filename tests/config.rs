@@ -1,0 +1,354 @@
+//! `kiln config`: rendering conformance against os-apply-config from PyPI,
+//! `key` against `os-apply-config --key`, and apply's refresh order,
+//! error.d, retry, lock and unchanged-metadata behaviour.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/config")
+}
+
+fn metadata_files() -> Vec<PathBuf> {
+    vec![fixtures().join("meta1.json"), fixtures().join("meta2.json")]
+}
+
+/// os-apply-config from PyPI in a private venv ($OS_APPLY_CONFIG names an
+/// installed one instead).
+fn oracle() -> &'static Path {
+    static ORACLE: OnceLock<(PathBuf, Option<tempfile::TempDir>)> = OnceLock::new();
+    &ORACLE
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("OS_APPLY_CONFIG") {
+                return (PathBuf::from(path), None);
+            }
+            let venv = tempfile::tempdir().unwrap();
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(venv.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "python3 -m venv failed");
+            let ok = Command::new(venv.path().join("bin/pip"))
+                .args(["install", "-q", "os-apply-config"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "pip install os-apply-config failed");
+            (venv.path().join("bin/os-apply-config"), Some(venv))
+        })
+        .0
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// Files of a tree with their bytes, mode and owners; folders with mode.
+fn snapshot(root: &Path) -> Vec<(PathBuf, u32, u32, u32, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let body = if meta.is_dir() {
+                pending.push(path.clone());
+                None
+            } else {
+                Some(std::fs::read(&path).unwrap())
+            };
+            out.push((rel, meta.mode(), meta.uid(), meta.gid(), body));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// An output root with files already there: one whose mode must survive and
+/// one that an empty render with allow_empty: false must delete.
+fn prepared_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let app = root.path().join("etc/app");
+    std::fs::create_dir_all(&app).unwrap();
+    for name in ["existing.conf", "gone.conf"] {
+        std::fs::write(app.join(name), "old\n").unwrap();
+    }
+    std::fs::set_permissions(app.join("existing.conf"), std::fs::Permissions::from_mode(0o604))
+        .unwrap();
+    root
+}
+
+#[test]
+fn render_matches_os_apply_config() {
+    let templates = fixtures().join("templates");
+    let theirs = prepared_root();
+    let ours = prepared_root();
+    let out = run(Command::new(oracle())
+        .arg("-t")
+        .arg(&templates)
+        .arg("-m")
+        .args(metadata_files())
+        .arg("-o")
+        .arg(theirs.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new(KILN)
+        .args(["config", "render", "-t"])
+        .arg(&templates)
+        .arg("-m")
+        .args(metadata_files())
+        .arg("-o")
+        .arg(ours.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (snapshot(theirs.path()), snapshot(ours.path()));
+    assert_eq!(a.len(), b.len(), "different file lists:\n{a:?}\n{b:?}");
+    for (t, o) in a.iter().zip(&b) {
+        assert_eq!(t.0, o.0, "file lists differ");
+        assert_eq!((t.1, t.2, t.3), (o.1, o.2, o.3), "{}: mode/uid/gid", t.0.display());
+        assert!(
+            t.4 == o.4,
+            "{} differs:\n--- os-apply-config\n{}\n--- kiln\n{}",
+            t.0.display(),
+            String::from_utf8_lossy(t.4.as_deref().unwrap_or_default()),
+            String::from_utf8_lossy(o.4.as_deref().unwrap_or_default())
+        );
+    }
+    // The fixture exercises what it claims to.
+    let names: Vec<String> = b.iter().map(|f| f.0.display().to_string()).collect();
+    for expected in ["etc/app/app.conf", "usr/local/bin/generated", "a/b/c/deep.txt", "etc/app/kept-empty.conf"] {
+        assert!(names.contains(&expected.to_string()), "{expected} missing: {names:?}");
+    }
+    assert!(!names.contains(&"etc/app/gone.conf".to_string()));
+}
+
+#[test]
+fn key_matches_os_apply_config() {
+    let table = [
+        ("port", "int"),
+        ("port", "dsn"),
+        ("host.name", "default"),
+        ("host.name", "netaddress"),
+        ("host.ip", "netaddress"),
+        ("servers.1", "default"),
+        ("servers.-1", "default"),
+        ("servers.9", "default"),
+        ("users.1.name", "default"),
+        ("users.0.admin", "raw"),
+        ("disabled", "default"),
+        ("host", "raw"),
+        ("servers", "raw"),
+        ("ratio", "raw"),
+        ("big", "raw"),
+        ("small", "raw"),
+        ("host.nothing", "default"),
+        ("password", "default"),
+        ("password", "raw"),
+        ("motto", "raw"),
+        ("nested", "raw"),
+        ("zero", "int"),
+        ("no.such", "default"),
+    ];
+    for (key, type_name) in table {
+        for default in [None, Some("fallback")] {
+            let mut theirs = Command::new(oracle());
+            theirs.arg("-m").args(metadata_files()).args(["--key", key, "--type", type_name]);
+            let mut ours = Command::new(KILN);
+            ours.args(["config", "key", key, "--type", type_name, "-m"]).args(metadata_files());
+            if let Some(d) = default {
+                theirs.args(["--key-default", d]);
+                ours.args(["--key-default", d]);
+            }
+            let (t, o) = (run(&mut theirs), run(&mut ours));
+            assert_eq!(
+                (t.status.code(), String::from_utf8_lossy(&t.stdout)),
+                (o.status.code(), String::from_utf8_lossy(&o.stdout)),
+                "--key {key} --type {type_name} --key-default {default:?}"
+            );
+        }
+    }
+}
+
+/// A node layout: templates, refresh phases, local metadata, cache, output root.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let node = Node {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let t = node.path("templates/etc");
+        std::fs::create_dir_all(&t).unwrap();
+        std::fs::write(t.join("role.conf"), "role={{role}}\n").unwrap();
+        node.set_metadata(r#"{"role": "compute"}"#);
+        for phase in ["pre-configure.d", "configure.d", "post-configure.d", "migration.d"] {
+            node.script(phase, "50-log", &format!("echo {phase} >> {}", node.log().display()));
+        }
+        node.script(
+            "configure.d",
+            "10-sees-file",
+            &format!("cat {}/etc/role.conf >> {}", node.path("root").display(), node.log().display()),
+        );
+        node
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.path("log")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    fn set_metadata(&self, json: &str) {
+        std::fs::create_dir_all(self.path("local")).unwrap();
+        std::fs::write(self.path("local/role.json"), json).unwrap();
+    }
+
+    fn script(&self, phase: &str, name: &str, body: &str) {
+        let dir = self.path("refresh").join(phase);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn apply_command(&self) -> Command {
+        let mut cmd = Command::new(KILN);
+        cmd.args(["config", "apply", "--one-time", "--no-config-drive"])
+            .arg("--cache-dir")
+            .arg(self.path("cache"))
+            .arg("--templates")
+            .arg(self.path("templates"))
+            .arg("--output")
+            .arg(self.path("root"))
+            .arg("--refresh-dir")
+            .arg(self.path("refresh"))
+            .arg("--local-dir")
+            .arg(self.path("local"));
+        cmd
+    }
+
+    fn apply(&self) -> Output {
+        run(&mut self.apply_command())
+    }
+}
+
+#[test]
+fn apply_runs_phases_in_order_once_per_change() {
+    let node = Node::new();
+    let out = node.apply();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = "pre-configure.d\nrole=compute\nconfigure.d\npost-configure.d\nmigration.d\n";
+    assert_eq!(node.log_text(), first);
+    // Same metadata: nothing runs.
+    let out = node.apply();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no changes"));
+    assert_eq!(node.log_text(), first);
+    // New metadata: rendered and refreshed again.
+    node.set_metadata(r#"{"role": "controller"}"#);
+    assert!(node.apply().status.success());
+    assert_eq!(
+        node.log_text(),
+        format!("{first}pre-configure.d\nrole=controller\nconfigure.d\npost-configure.d\nmigration.d\n")
+    );
+    assert!(node.path("cache/local.json.orig").exists());
+    assert_eq!(
+        std::fs::read(node.path("cache/local.json.last")).unwrap(),
+        std::fs::read(node.path("cache/local.json")).unwrap()
+    );
+}
+
+#[test]
+fn failing_script_runs_error_d_and_is_retried() {
+    let node = Node::new();
+    let fixed = node.path("fixed");
+    node.script("configure.d", "20-flaky", &format!("test -e {}", fixed.display()));
+    node.script("error.d", "10-note", &format!("echo error.d >> {}", node.log().display()));
+    let out = node.apply();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("configure.d/20-flaky"), "{stderr}");
+    assert_eq!(node.log_text(), "pre-configure.d\nrole=compute\nerror.d\n");
+    assert!(!node.path("cache/local.json.last").exists());
+    // Fixed: the same metadata is applied on the next run.
+    std::fs::write(&fixed, "").unwrap();
+    let out = node.apply();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(node.log_text().ends_with("configure.d\npost-configure.d\nmigration.d\n"));
+    assert!(node.path("cache/local.json.last").exists());
+}
+
+#[test]
+fn a_second_apply_is_refused_while_one_runs() {
+    let node = Node::new();
+    let (started, release) = (node.path("started"), node.path("release"));
+    node.script(
+        "configure.d",
+        "30-wait",
+        &format!(
+            "touch {}; while ! test -e {}; do sleep 0.05; done",
+            started.display(),
+            release.display()
+        ),
+    );
+    let mut first = node.apply_command().spawn().unwrap();
+    while !started.exists() {
+        assert!(first.try_wait().unwrap().is_none(), "first apply ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = node.apply();
+    std::fs::write(&release, "").unwrap();
+    let first_status = first.wait().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("another kiln config apply is running (pid {})", first.id())),
+        "{stderr}"
+    );
+    assert!(first_status.success());
+}
+
+#[test]
+fn config_drive_folder_feeds_templates() {
+    let node = Node::new();
+    let latest = node.path("drive/openstack/latest");
+    std::fs::create_dir_all(&latest).unwrap();
+    std::fs::write(latest.join("meta_data.json"), r#"{"hostname": "n0"}"#).unwrap();
+    std::fs::write(latest.join("kiln_config.json"), r#"{"role": "storage", "x": 1}"#).unwrap();
+    std::fs::write(
+        node.path("templates/etc/host.conf"),
+        "{{meta_data.hostname}} {{role}} {{x}}\n",
+    )
+    .unwrap();
+    std::fs::remove_file(node.path("local/role.json")).unwrap();
+    let mut cmd = Command::new(KILN);
+    cmd.args(["config", "apply", "--one-time", "--config-drive"])
+        .arg(node.path("drive"))
+        .arg("--cache-dir")
+        .arg(node.path("cache"))
+        .arg("--templates")
+        .arg(node.path("templates"))
+        .arg("--output")
+        .arg(node.path("root"))
+        .arg("--refresh-dir")
+        .arg(node.path("refresh"));
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(node.path("root/etc/host.conf")).unwrap(),
+        "n0 storage 1\n"
+    );
+}

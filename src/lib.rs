@@ -5,8 +5,8 @@
 
 pub mod boot;
 pub mod build;
-pub mod config;
 pub mod cli;
+pub mod config;
 pub mod customize;
 pub mod disk;
 pub mod element;

@@ -80,8 +80,11 @@ fn prepared_root() -> tempfile::TempDir {
     for name in ["existing.conf", "gone.conf"] {
         std::fs::write(app.join(name), "old\n").unwrap();
     }
-    std::fs::set_permissions(app.join("existing.conf"), std::fs::Permissions::from_mode(0o604))
-        .unwrap();
+    std::fs::set_permissions(
+        app.join("existing.conf"),
+        std::fs::Permissions::from_mode(0o604),
+    )
+    .unwrap();
     root
 }
 
@@ -97,7 +100,11 @@ fn render_matches_os_apply_config() {
         .args(metadata_files())
         .arg("-o")
         .arg(theirs.path()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(Command::new(KILN)
         .args(["config", "render", "-t"])
         .arg(&templates)
@@ -105,12 +112,21 @@ fn render_matches_os_apply_config() {
         .args(metadata_files())
         .arg("-o")
         .arg(ours.path()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (a, b) = (snapshot(theirs.path()), snapshot(ours.path()));
     assert_eq!(a.len(), b.len(), "different file lists:\n{a:?}\n{b:?}");
     for (t, o) in a.iter().zip(&b) {
         assert_eq!(t.0, o.0, "file lists differ");
-        assert_eq!((t.1, t.2, t.3), (o.1, o.2, o.3), "{}: mode/uid/gid", t.0.display());
+        assert_eq!(
+            (t.1, t.2, t.3),
+            (o.1, o.2, o.3),
+            "{}: mode/uid/gid",
+            t.0.display()
+        );
         assert!(
             t.4 == o.4,
             "{} differs:\n--- os-apply-config\n{}\n--- kiln\n{}",
@@ -121,10 +137,27 @@ fn render_matches_os_apply_config() {
     }
     // The fixture exercises what it claims to.
     let names: Vec<String> = b.iter().map(|f| f.0.display().to_string()).collect();
-    for expected in ["etc/app/app.conf", "usr/local/bin/generated", "a/b/c/deep.txt", "etc/app/kept-empty.conf"] {
-        assert!(names.contains(&expected.to_string()), "{expected} missing: {names:?}");
+    for expected in [
+        "etc/app/app.conf",
+        "usr/local/bin/generated",
+        "a/b/c/deep.txt",
+        "etc/app/kept-empty.conf",
+    ] {
+        assert!(
+            names.contains(&expected.to_string()),
+            "{expected} missing: {names:?}"
+        );
     }
     assert!(!names.contains(&"etc/app/gone.conf".to_string()));
+    let kept = b
+        .iter()
+        .find(|f| f.0 == Path::new("etc/app/kept-empty.conf"))
+        .unwrap();
+    assert_eq!(
+        kept.4.as_deref(),
+        Some(&b""[..]),
+        "allow_empty defaults to true"
+    );
 }
 
 #[test]
@@ -157,9 +190,13 @@ fn key_matches_os_apply_config() {
     for (key, type_name) in table {
         for default in [None, Some("fallback")] {
             let mut theirs = Command::new(oracle());
-            theirs.arg("-m").args(metadata_files()).args(["--key", key, "--type", type_name]);
+            theirs
+                .arg("-m")
+                .args(metadata_files())
+                .args(["--key", key, "--type", type_name]);
             let mut ours = Command::new(KILN);
-            ours.args(["config", "key", key, "--type", type_name, "-m"]).args(metadata_files());
+            ours.args(["config", "key", key, "--type", type_name, "-m"])
+                .args(metadata_files());
             if let Some(d) = default {
                 theirs.args(["--key-default", d]);
                 ours.args(["--key-default", d]);
@@ -188,13 +225,26 @@ impl Node {
         std::fs::create_dir_all(&t).unwrap();
         std::fs::write(t.join("role.conf"), "role={{role}}\n").unwrap();
         node.set_metadata(r#"{"role": "compute"}"#);
-        for phase in ["pre-configure.d", "configure.d", "post-configure.d", "migration.d"] {
-            node.script(phase, "50-log", &format!("echo {phase} >> {}", node.log().display()));
+        for phase in [
+            "pre-configure.d",
+            "configure.d",
+            "post-configure.d",
+            "migration.d",
+        ] {
+            node.script(
+                phase,
+                "50-log",
+                &format!("echo {phase} >> {}", node.log().display()),
+            );
         }
         node.script(
             "configure.d",
             "10-sees-file",
-            &format!("cat {}/etc/role.conf >> {}", node.path("root").display(), node.log().display()),
+            &format!(
+                "cat {}/etc/role.conf >> {}",
+                node.path("root").display(),
+                node.log().display()
+            ),
         );
         node
     }
@@ -249,7 +299,11 @@ impl Node {
 fn apply_runs_phases_in_order_once_per_change() {
     let node = Node::new();
     let out = node.apply();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first = "pre-configure.d\nrole=compute\nconfigure.d\npost-configure.d\nmigration.d\n";
     assert_eq!(node.log_text(), first);
     // Same metadata: nothing runs.
@@ -262,7 +316,9 @@ fn apply_runs_phases_in_order_once_per_change() {
     assert!(node.apply().status.success());
     assert_eq!(
         node.log_text(),
-        format!("{first}pre-configure.d\nrole=controller\nconfigure.d\npost-configure.d\nmigration.d\n")
+        format!(
+            "{first}pre-configure.d\nrole=controller\nconfigure.d\npost-configure.d\nmigration.d\n"
+        )
     );
     assert!(node.path("cache/local.json.orig").exists());
     assert_eq!(
@@ -275,8 +331,16 @@ fn apply_runs_phases_in_order_once_per_change() {
 fn failing_script_runs_error_d_and_is_retried() {
     let node = Node::new();
     let fixed = node.path("fixed");
-    node.script("configure.d", "20-flaky", &format!("test -e {}", fixed.display()));
-    node.script("error.d", "10-note", &format!("echo error.d >> {}", node.log().display()));
+    node.script(
+        "configure.d",
+        "20-flaky",
+        &format!("test -e {}", fixed.display()),
+    );
+    node.script(
+        "error.d",
+        "10-note",
+        &format!("echo error.d >> {}", node.log().display()),
+    );
     let out = node.apply();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -286,8 +350,15 @@ fn failing_script_runs_error_d_and_is_retried() {
     // Fixed: the same metadata is applied on the next run.
     std::fs::write(&fixed, "").unwrap();
     let out = node.apply();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(node.log_text().ends_with("configure.d\npost-configure.d\nmigration.d\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        node.log_text()
+            .ends_with("configure.d\npost-configure.d\nmigration.d\n")
+    );
     assert!(node.path("cache/local.json.last").exists());
 }
 
@@ -306,7 +377,10 @@ fn a_second_apply_is_refused_while_one_runs() {
     );
     let mut first = node.apply_command().spawn().unwrap();
     while !started.exists() {
-        assert!(first.try_wait().unwrap().is_none(), "first apply ended early");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "first apply ended early"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let second = node.apply();
@@ -315,7 +389,10 @@ fn a_second_apply_is_refused_while_one_runs() {
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
-        stderr.contains(&format!("another kiln config apply is running (pid {})", first.id())),
+        stderr.contains(&format!(
+            "another kiln config apply is running (pid {})",
+            first.id()
+        )),
         "{stderr}"
     );
     assert!(first_status.success());
@@ -327,7 +404,11 @@ fn config_drive_folder_feeds_templates() {
     let latest = node.path("drive/openstack/latest");
     std::fs::create_dir_all(&latest).unwrap();
     std::fs::write(latest.join("meta_data.json"), r#"{"hostname": "n0"}"#).unwrap();
-    std::fs::write(latest.join("kiln_config.json"), r#"{"role": "storage", "x": 1}"#).unwrap();
+    std::fs::write(
+        latest.join("kiln_config.json"),
+        r#"{"role": "storage", "x": 1}"#,
+    )
+    .unwrap();
     std::fs::write(
         node.path("templates/etc/host.conf"),
         "{{meta_data.hostname}} {{role}} {{x}}\n",
@@ -346,7 +427,11 @@ fn config_drive_folder_feeds_templates() {
         .arg("--refresh-dir")
         .arg(node.path("refresh"));
     let out = run(&mut cmd);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         std::fs::read_to_string(node.path("root/etc/host.conf")).unwrap(),
         "n0 storage 1\n"

@@ -34,7 +34,12 @@ impl MetadataArgs {
             return self.metadata.clone();
         }
         std::env::var("OS_CONFIG_FILES")
-            .map(|v| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|v| {
+                v.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -168,7 +173,10 @@ fn run_apply(args: ApplyArgs) -> Result<u8> {
     match apply::apply_once(&opts).context("kiln config apply")? {
         ApplyOutcome::Unchanged => eprintln!("kiln: no changes"),
         ApplyOutcome::Applied { scripts } => {
-            eprintln!("kiln: config applied ({} refresh scripts ran)", scripts.len())
+            eprintln!(
+                "kiln: config applied ({} refresh scripts ran)",
+                scripts.len()
+            )
         }
     }
     Ok(0)

@@ -83,7 +83,10 @@ pub fn apply_once(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
         .iter()
         .map(|(name, _)| cache.current_path(name).to_string_lossy().into_owned())
         .collect();
-    let env = vec![("OS_CONFIG_FILES".to_string(), OsString::from(files.join(":")))];
+    let env = vec![(
+        "OS_CONFIG_FILES".to_string(),
+        OsString::from(files.join(":")),
+    )];
     let scripts = refresh::refresh(&opts.refresh_base, &env)?;
     for (name, _) in &collected {
         cache.commit(name)?;

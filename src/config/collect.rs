@@ -140,9 +140,19 @@ fn copy_from_device(device: &Path, into: &Path) -> Result<(), CollectError> {
             source,
         })?;
     }
-    let script = r#"mount -r "$1" "$2" || exit 1; cp -r "$2/openstack/latest/." "$3/" 2>/dev/null; exit 0"#;
+    let script =
+        r#"mount -r "$1" "$2" || exit 1; cp -r "$2/openstack/latest/." "$3/" 2>/dev/null; exit 0"#;
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
         .arg(device)
         .arg(&mount_point)
         .arg(&copy)

@@ -25,7 +25,10 @@ pub const TYPES: &[(&str, &str)] = &[
         "dsn",
         r"^[a-zA-Z0-9]+://([a-zA-Z0-9+_-]+(:[^@]+)?)?(@?[a-zA-Z0-9/_.-]+)?(/[a-zA-Z0-9_-]+)?(\?[a-zA-Z0-9=_-]+)?$",
     ),
-    ("swiftdevices", r"^(r\d+z\d+-[A-Za-z0-9.-_]+:%PORT%/[^,]+,?)+$"),
+    (
+        "swiftdevices",
+        r"^(r\d+z\d+-[A-Za-z0-9.-_]+:%PORT%/[^,]+,?)+$",
+    ),
     ("username", r"^[A-Za-z0-9_-]+$"),
     ("raw", ""),
 ];
@@ -80,9 +83,11 @@ pub fn print_key(
     default: Option<&str>,
 ) -> Result<String, KeyError> {
     let Some(value) = lookup(metadata, key) else {
-        return default.map(str::to_string).ok_or_else(|| KeyError::Missing {
-            key: key.to_string(),
-        });
+        return default
+            .map(str::to_string)
+            .ok_or_else(|| KeyError::Missing {
+                key: key.to_string(),
+            });
     };
     ensure_type(&value.to_python_str(), type_name)?;
     Ok(match value {

@@ -48,7 +48,11 @@ impl ApplyLock {
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
             return Err(LockError::Busy {
-                pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
             });
         }
         file.set_len(0).map_err(io)?;

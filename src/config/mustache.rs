@@ -13,7 +13,9 @@ use super::value::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MustacheError {
-    #[error("section end tag mismatch at offset {offset}: found {{{{/{found}}}}}, expected {{{{/{expected}}}}}")]
+    #[error(
+        "section end tag mismatch at offset {offset}: found {{{{/{found}}}}}, expected {{{{/{expected}}}}}"
+    )]
     SectionMismatch {
         offset: usize,
         found: String,
@@ -328,7 +330,10 @@ mod tests {
     fn variables_sections_and_values() {
         let data = r#"{"a": {"b": "x<&>"}, "n": 3, "l": [1, "s"], "d": {"k": true}, "f": false}"#;
         assert_eq!(r("{{a.b}} {{{a.b}}} {{&a.b}}", data), "x<&> x<&> x<&>");
-        assert_eq!(r("{{n}} {{l}} {{d}} {{f}} {{missing}}.", data), "3 [1, \"s\"] {\"k\": true} false .");
+        assert_eq!(
+            r("{{n}} {{l}} {{d}} {{f}} {{missing}}.", data),
+            "3 [1, \"s\"] {\"k\": true} false ."
+        );
         assert_eq!(r("{{#l}}<{{.}}>{{/l}}", data), "<1><s>");
         assert_eq!(r("{{#d}}{{k}}{{n}}{{/d}}{{^f}}no{{/f}}", data), "true3no");
         assert_eq!(r("{{#a}}{{b}}{{/a}}{{^a}}x{{/a}}", data), "x<&>");
@@ -337,7 +342,10 @@ mod tests {
     #[test]
     fn standalone_tags_take_their_line() {
         let data = r#"{"l": [1, 2]}"#;
-        assert_eq!(r("a\n  {{#l}}\n- {{.}}\n  {{/l}}\nb\n", data), "a\n- 1\n- 2\nb\n");
+        assert_eq!(
+            r("a\n  {{#l}}\n- {{.}}\n  {{/l}}\nb\n", data),
+            "a\n- 1\n- 2\nb\n"
+        );
         assert_eq!(r("a\n {{! note }}\nb", data), "a\nb");
         // A trailing blank keeps the line, as in pystache.
         assert_eq!(r("{{#l}} \n{{/l}}", data), " \n \n");
@@ -351,7 +359,13 @@ mod tests {
     #[test]
     fn mismatched_sections_are_errors() {
         let v = Value::empty_map();
-        assert!(matches!(render("{{#a}}{{/b}}", &v), Err(MustacheError::SectionMismatch { .. })));
-        assert!(matches!(render("{{#a}}", &v), Err(MustacheError::Unclosed(_))));
+        assert!(matches!(
+            render("{{#a}}{{/b}}", &v),
+            Err(MustacheError::SectionMismatch { .. })
+        ));
+        assert!(matches!(
+            render("{{#a}}", &v),
+            Err(MustacheError::Unclosed(_))
+        ));
     }
 }

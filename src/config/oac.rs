@@ -124,7 +124,12 @@ fn raw_scalars(text: &str) -> Vec<(String, String)> {
         .filter_map(|line| {
             let (k, v) = line.split_once(':')?;
             let k = k.trim().trim_matches(|c| c == '"' || c == '\'' || c == '{');
-            let v = v.split(" #").next()?.trim().trim_end_matches([',', '}']).trim();
+            let v = v
+                .split(" #")
+                .next()?
+                .trim()
+                .trim_end_matches([',', '}'])
+                .trim();
             Some((k.to_string(), v.to_string()))
         })
         .collect()
@@ -251,13 +256,25 @@ fn name_to_id(kind: IdKind, name: &str) -> Option<u32> {
             IdKind::User => {
                 let mut pwd: libc::passwd = std::mem::zeroed();
                 let mut result = std::ptr::null_mut();
-                libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result);
+                libc::getpwnam_r(
+                    cname.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                );
                 (!result.is_null()).then_some(pwd.pw_uid)
             }
             IdKind::Group => {
                 let mut grp: libc::group = std::mem::zeroed();
                 let mut result = std::ptr::null_mut();
-                libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result);
+                libc::getgrnam_r(
+                    cname.as_ptr(),
+                    &mut grp,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                );
                 (!result.is_null()).then_some(grp.gr_gid)
             }
         }
@@ -272,13 +289,25 @@ fn id_exists(kind: IdKind, id: u32) -> bool {
             IdKind::User => {
                 let mut pwd: libc::passwd = std::mem::zeroed();
                 let mut result = std::ptr::null_mut();
-                libc::getpwuid_r(id, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result);
+                libc::getpwuid_r(
+                    id,
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                );
                 !result.is_null()
             }
             IdKind::Group => {
                 let mut grp: libc::group = std::mem::zeroed();
                 let mut result = std::ptr::null_mut();
-                libc::getgrgid_r(id, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result);
+                libc::getgrgid_r(
+                    id,
+                    &mut grp,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                );
                 !result.is_null()
             }
         }
@@ -298,12 +327,18 @@ mod tests {
         assert_eq!(p("mode: 0755\n").unwrap().mode, Some(0o755));
         assert_eq!(p("mode: 420").unwrap().mode, Some(0o644));
         assert!(matches!(p("mode: 755"), Err(OacError::ModeRange { .. })));
-        assert!(matches!(p("mode: '0755'"), Err(OacError::ModeNotNumeric { .. })));
+        assert!(matches!(
+            p("mode: '0755'"),
+            Err(OacError::ModeNotNumeric { .. })
+        ));
         assert!(!p("allow_empty: no").unwrap().allow_empty);
         assert!(!p("{\"allow_empty\": false}").unwrap().allow_empty);
         assert!(p("").unwrap().allow_empty);
         assert!(matches!(p("colour: red"), Err(OacError::UnknownKey { .. })));
         assert_eq!(p("owner: root\ngroup: 0").unwrap().group, Some(0));
-        assert!(matches!(p("owner: no-such-user-kiln"), Err(OacError::UnknownId { .. })));
+        assert!(matches!(
+            p("owner: no-such-user-kiln"),
+            Err(OacError::UnknownId { .. })
+        ));
     }
 }

@@ -49,8 +49,11 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
 
+/// One entry of a tree: relative path, mode, uid, gid, bytes (None for folders).
+type Entry = (PathBuf, u32, u32, u32, Option<Vec<u8>>);
+
 /// Files of a tree with their bytes, mode and owners; folders with mode.
-fn snapshot(root: &Path) -> Vec<(PathBuf, u32, u32, u32, Option<Vec<u8>>)> {
+fn snapshot(root: &Path) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {

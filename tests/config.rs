@@ -440,3 +440,147 @@ fn config_drive_folder_feeds_templates() {
         "n0 storage 1\n"
     );
 }
+
+/// Python in the oracle's venv (next to its os-apply-config script).
+fn oracle_python() -> PathBuf {
+    oracle().parent().unwrap().join("python3")
+}
+
+/// Small deterministic generator (xorshift) so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// A random template with balanced sections; delimiter changes are tracked
+/// so later tags use the delimiters in force.
+fn random_template(rng: &mut Rng, depth: usize, delims: &mut (String, String), out: &mut String) {
+    const NAMES: &[&str] = &[
+        "a", "b", "a.b", "a.c", "l", "l.0", "d", "d.k", "d.e.f", "n", "f", "z", "s", "u",
+        "missing", ".", "empty", "nul", "o",
+    ];
+    const TEXT: &[&str] = &[
+        "x",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\n",
+        "\r\n",
+        "{",
+        "}",
+        "y z",
+        "é",
+        "{{ }}",
+        "{{#}}",
+        "{{{a}}",
+        "{{a}}}",
+        "{{ a\n}}",
+        "{{{ d.k }}}",
+        "{{=",
+        "{{  &  a  }}",
+        "\r",
+        " \t\n",
+        "{{/zzz}}",
+    ];
+    for _ in 0..rng.below(7) + 1 {
+        let (o, c) = (delims.0.clone(), delims.1.clone());
+        let name = rng.pick(NAMES);
+        match rng.below(13) {
+            0..=2 => out.push_str(rng.pick(TEXT)),
+            3 => out.push_str(&format!("{o}{name}{c}")),
+            4 => out.push_str(&format!("{o} {name} {c}")),
+            5 => out.push_str(&format!("{o}{{{name}}}{c}")),
+            6 => out.push_str(&format!("{o}& {name}{c}")),
+            7 => out.push_str(&format!("{o}! note {name}\n{c}")),
+            8 if depth < 3 => {
+                let sigil = if rng.below(2) == 0 { '#' } else { '^' };
+                let pad = rng.pick(&["", "\n", "  "]);
+                out.push_str(&format!(
+                    "{pad}{o}{sigil}{name}{c}{}",
+                    rng.pick(&["", "\n"])
+                ));
+                random_template(rng, depth + 1, delims, out);
+                let (o, c) = (delims.0.clone(), delims.1.clone());
+                out.push_str(&format!(
+                    "{pad}{o}/{name}{c}{}",
+                    rng.pick(&["", "\n", " \n"])
+                ));
+            }
+            9 => {
+                let (no, nc) = if delims.0 == "{{" {
+                    ("<%", "%>")
+                } else {
+                    ("{{", "}}")
+                };
+                out.push_str(&format!(
+                    "{}{o}={no} {nc}={c}{}",
+                    rng.pick(&["", "\n"]),
+                    rng.pick(&["", "\n"])
+                ));
+                *delims = (no.to_string(), nc.to_string());
+            }
+            10 => out.push_str(&format!("\n{o}>part{c}\n")),
+            _ => out.push_str(&format!("{o}{name}{c}{}", rng.pick(TEXT))),
+        }
+    }
+}
+
+#[test]
+fn mustache_matches_pystache_on_generated_templates() {
+    let data = r#"{"a": {"b": "B<&>", "c": [1, 2.5, null]}, "b": false, "l": ["p", {"a": "inner"}, 3, []],
+        "d": {"k": "v", "e": {"f": true}}, "n": 7, "f": 0.1, "z": 0, "s": "", "u": "ü\"\\",
+        "empty": {}, "nul": null, "o": {"o": {"n": -1}}}"#;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let templates: Vec<String> = (0..3000)
+        .map(|_| {
+            let mut t = String::new();
+            random_template(&mut rng, 0, &mut ("{{".into(), "}}".into()), &mut t);
+            t
+        })
+        .collect();
+    let script = r#"
+import json, sys
+from os_apply_config import apply_config
+req = json.load(sys.stdin)
+data = json.loads(req["data"])
+out = []
+for t in req["templates"]:
+    try:
+        out.append(apply_config.render_moustache(t, data))
+    except Exception:
+        out.append(None)
+json.dump(out, sys.stdout)
+"#;
+    let request = serde_json::json!({ "data": data, "templates": templates });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("req.json"), request.to_string()).unwrap();
+    let out = run(Command::new(oracle_python())
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(dir.path().join("req.json")).unwrap()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Vec<Option<String>> = serde_json::from_slice(&out.stdout).unwrap();
+    let data = kiln::config::value::Value::from_json(data).unwrap();
+    let mut compared = 0;
+    for (template, want) in templates.iter().zip(expected) {
+        let got = kiln::config::mustache::render(template, &data).ok();
+        assert_eq!(got, want, "template {template:?}");
+        compared += usize::from(want.is_some());
+    }
+    assert!(compared > 2000, "only {compared} templates rendered");
+}

@@ -86,3 +86,23 @@ impl Cache {
         write_atomic(&self.last_path(name), &bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_until_committed_and_orig_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let one = Value::from_json(r#"{"v": 1}"#).unwrap();
+        let two = Value::from_json(r#"{"v": 2}"#).unwrap();
+        assert!(cache.store("local", &one).unwrap());
+        assert!(cache.store("local", &one).unwrap(), "not applied yet");
+        cache.commit("local").unwrap();
+        assert!(!cache.store("local", &one).unwrap());
+        assert!(cache.store("local", &two).unwrap());
+        let orig = std::fs::read_to_string(cache.orig_path("local")).unwrap();
+        assert_eq!(orig, r#"{"v": 1}"#);
+    }
+}

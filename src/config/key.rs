@@ -105,3 +105,50 @@ pub fn boolean_key(metadata: &Value, key: &str) -> u8 {
         _ => 255,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Value {
+        Value::from_json(r#"{"a": {"b": [{"c": "x"}, null, 5]}, "s": "str", "t": true}"#).unwrap()
+    }
+
+    #[test]
+    fn lookup_walks_objects_and_list_indexes() {
+        let m = meta();
+        assert_eq!(lookup(&m, "a.b.0.c"), Some(&Value::Str("x".into())));
+        assert_eq!(lookup(&m, "a.b.-1"), Some(&Value::Int(5)));
+        assert_eq!(lookup(&m, "a.b.1"), None, "null is missing");
+        assert_eq!(lookup(&m, "a.b.3"), None);
+        assert_eq!(lookup(&m, "s.0"), None, "strings are not indexed");
+    }
+
+    #[test]
+    fn print_key_types_and_defaults() {
+        let m = meta();
+        assert_eq!(print_key(&m, "t", "default", None).unwrap(), "true");
+        assert_eq!(print_key(&m, "a.b.2", "int", None).unwrap(), "5");
+        assert_eq!(print_key(&m, "nope", "int", Some("d d")).unwrap(), "d d");
+        assert!(matches!(
+            print_key(&m, "s", "int", None),
+            Err(KeyError::WrongType { .. })
+        ));
+        assert!(matches!(
+            print_key(&m, "nope", "int", None),
+            Err(KeyError::Missing { .. })
+        ));
+        assert!(matches!(
+            print_key(&m, "s", "colour", None),
+            Err(KeyError::UnknownType(_))
+        ));
+        assert_eq!(boolean_key(&m, "t"), 0);
+        assert_eq!(boolean_key(&m, "s"), 255);
+    }
+
+    #[test]
+    fn python_dollar_accepts_a_final_newline() {
+        assert!(ensure_type("12\n", "int").is_ok());
+        assert!(ensure_type("12\n\n", "int").is_err());
+    }
+}

@@ -61,3 +61,23 @@ impl ApplyLock {
         Ok(ApplyLock { _file: file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_with_the_first_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/apply.lock");
+        let held = ApplyLock::acquire(&path).unwrap();
+        // flock locks belong to the open file description: a second open
+        // in the same process conflicts like another process would.
+        match ApplyLock::acquire(&path) {
+            Err(LockError::Busy { pid }) => assert_eq!(pid, std::process::id().to_string()),
+            other => panic!("expected Busy, got {:?}", other.map(|_| ())),
+        }
+        drop(held);
+        assert!(ApplyLock::acquire(&path).is_ok());
+    }
+}

@@ -8,6 +8,7 @@
 //! (no trailing blanks allowed) take the line with them; dotted names look up
 //! the first part through the context stack and the rest inside objects only.
 //! Partials render empty (pystache would read them from the working folder).
+//! An unclosed section renders as pystache renders it (see `Template::parse`).
 
 use super::value::Value;
 
@@ -21,8 +22,6 @@ pub enum MustacheError {
         found: String,
         expected: String,
     },
-    #[error("section {{{{#{0}}}}} is never closed")]
-    Unclosed(String),
     #[error("set-delimiter tag at offset {0} needs two delimiters")]
     BadDelimiters(usize),
 }
@@ -251,9 +250,9 @@ impl Template {
                 TagKind::Tag(Some(_), _) => {}
             }
         }
-        if let Some(section) = open.pop() {
-            return Err(MustacheError::Unclosed(section.key));
-        }
+        // An unclosed section is not an error to pystache: what it renders
+        // is the body of the innermost open section, the rest is dropped.
+        // Templates written against os-apply-config get the same here.
         if pos < text.len() {
             nodes.push(Node::Text(text[pos..].to_string()));
         }
@@ -357,15 +356,13 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_sections_are_errors() {
+    fn mismatched_and_unclosed_sections() {
         let v = Value::empty_map();
         assert!(matches!(
             render("{{#a}}{{/b}}", &v),
             Err(MustacheError::SectionMismatch { .. })
         ));
-        assert!(matches!(
-            render("{{#a}}", &v),
-            Err(MustacheError::Unclosed(_))
-        ));
+        // pystache renders only the innermost unclosed section's body.
+        assert_eq!(render("a{{#a}}b{{^c}}d", &v).unwrap(), "d");
     }
 }

@@ -98,3 +98,42 @@ pub fn refresh(base: &Path, env: &[(String, OsString)]) -> Result<Vec<PathBuf>, 
     }
     Ok(ran)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(base: &Path, phase: &str, name: &str, body: &str) {
+        let dir = base.join(phase);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn phases_run_in_order_and_a_failure_runs_error_d() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let log = base.join("log");
+        let append = |what: &str| format!("echo {what} >> {}", log.display());
+        script(base, "migration.d", "10-m", &append("m"));
+        script(base, "configure.d", "9-b", &append("c9"));
+        script(base, "configure.d", "10-a", &append("c10"));
+        script(base, "pre-configure.d", "00-p", &append("p"));
+        script(base, "error.d", "00-e", &append("e"));
+        let env = [("KILN_T".to_string(), OsString::from("v"))];
+        let ran = refresh(base, &env).unwrap();
+        assert_eq!(ran.len(), 4);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "p\nc9\nc10\nm\n");
+        std::fs::remove_file(&log).unwrap();
+        script(base, "configure.d", "5-fail", "test \"$KILN_T\" = w");
+        let err = refresh(base, &env).unwrap_err();
+        assert_eq!(
+            err.script(),
+            Some(base.join("configure.d/5-fail").as_path())
+        );
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "p\ne\n");
+    }
+}

@@ -212,6 +212,23 @@ fn key_matches_os_apply_config() {
             );
         }
     }
+    for key in [
+        "enabled",
+        "disabled",
+        "port",
+        "missing",
+        "users.0.admin",
+        "users.1.admin",
+    ] {
+        let t = run(Command::new(oracle())
+            .arg("-m")
+            .args(metadata_files())
+            .args(["--boolean-key", key]));
+        let o = run(Command::new(KILN)
+            .args(["config", "key", "--boolean", key, "-m"])
+            .args(metadata_files()));
+        assert_eq!(t.status.code(), o.status.code(), "--boolean-key {key}");
+    }
 }
 
 /// A node layout: templates, refresh phases, local metadata, cache, output root.

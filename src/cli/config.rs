@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::apply::{self, ApplyOptions, ApplyOutcome};
 use crate::config::collect::{Collector, ConfigDrive, DriveLocation, Http, LocalDir};
+use crate::config::report::{HttpReporter, Reporter};
 use crate::config::{cache, key, refresh, render};
 
 #[derive(Subcommand)]
@@ -69,6 +70,10 @@ pub struct KeyArgs {
     /// Printed when the key is missing (not type-checked)
     #[arg(long = "key-default")]
     key_default: Option<String>,
+    /// Print nothing; exit 0 if the value is true, 1 if false, 255 if not a
+    /// boolean (os-apply-config --boolean-key)
+    #[arg(long = "boolean", conflicts_with_all = ["type_name", "key_default"])]
+    boolean: bool,
     #[command(flatten)]
     metadata: MetadataArgs,
 }
@@ -126,6 +131,9 @@ pub fn run(cmd: ConfigCommand) -> Result<u8> {
         }
         ConfigCommand::Key(args) => {
             let metadata = render::load_metadata(&args.metadata.files())?;
+            if args.boolean {
+                return Ok(key::boolean_key(&metadata, &args.key));
+            }
             let line = key::print_key(
                 &metadata,
                 &args.key,
@@ -161,7 +169,9 @@ fn run_apply(args: ApplyArgs) -> Result<u8> {
         output_root: args.output,
         refresh_base: args.refresh_dir.unwrap_or_else(refresh::default_base_dir),
         sources,
-        report: args.report,
+        reporter: args
+            .report
+            .map(|url| Box::new(HttpReporter { url }) as Box<dyn Reporter>),
     };
     if !args.one_time {
         apply::poll(
@@ -170,7 +180,7 @@ fn run_apply(args: ApplyArgs) -> Result<u8> {
             Duration::from_secs(args.max_backoff),
         );
     }
-    match apply::apply_once(&opts).context("kiln config apply")? {
+    match apply::apply_and_report(&opts).context("kiln config apply")? {
         ApplyOutcome::Unchanged => eprintln!("kiln: no changes"),
         ApplyOutcome::Applied { scripts } => {
             eprintln!(

@@ -11,6 +11,7 @@ use super::collect::{CollectError, Collector};
 use super::lock::{ApplyLock, LockError};
 use super::refresh::{self, RefreshError};
 use super::render::{self, RenderError};
+use super::report::{ApplyReport, Reporter};
 use super::value::{self, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +39,8 @@ pub struct ApplyOptions {
     pub refresh_base: PathBuf,
     /// Merged in this order, later sources winning.
     pub sources: Vec<Box<dyn Collector>>,
-    /// Conductor URL to report the result to.
-    // TODO(issue 6): POST success or the failing script once the conductor has the endpoint.
-    pub report: Option<String>,
+    /// Where results go (the conductor); None reports nowhere.
+    pub reporter: Option<Box<dyn Reporter>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,12 +94,24 @@ pub fn apply_once(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
     Ok(ApplyOutcome::Applied { scripts })
 }
 
+/// [`apply_once`], then tell the reporter how it went. A report that cannot
+/// be sent is logged and does not change the result.
+pub fn apply_and_report(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
+    let result = apply_once(opts);
+    if let (Some(reporter), Some(report)) = (&opts.reporter, ApplyReport::from_result(&result))
+        && let Err(e) = reporter.report(&report)
+    {
+        eprintln!("kiln: warning: {e}");
+    }
+    result
+}
+
 /// Poll forever: apply every `interval`; after a failure wait twice as long
 /// as the last time, up to `max_backoff`.
 pub fn poll(opts: &ApplyOptions, interval: Duration, max_backoff: Duration) -> ! {
     let mut wait = interval;
     loop {
-        match apply_once(opts) {
+        match apply_and_report(opts) {
             Ok(ApplyOutcome::Unchanged) => wait = interval,
             Ok(ApplyOutcome::Applied { .. }) => {
                 eprintln!("kiln: config applied");

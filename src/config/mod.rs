@@ -1,6 +1,10 @@
 //! Role configuration on a deployed node, compatible with TripleO's
 //! os-collect-config (collect), os-apply-config (render) and
 //! os-refresh-config (refresh).
+//!
+//! Data flows one way: collectors -> cache (change detection) -> merged
+//! metadata -> render (templates to files) -> refresh (phase scripts) ->
+//! report.
 
 pub mod apply;
 pub mod cache;
@@ -11,4 +15,5 @@ pub mod mustache;
 pub mod oac;
 pub mod refresh;
 pub mod render;
+pub mod report;
 pub mod value;

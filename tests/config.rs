@@ -601,3 +601,91 @@ json.dump(out, sys.stdout)
     }
     assert!(compared > 2000, "only {compared} templates rendered");
 }
+
+/// A config drive image made by dosfstools and mtools (long names), read by
+/// kiln's own FAT reader.
+fn fat_config_drive(dir: &Path, fat_bits: &str, mib: u64) -> PathBuf {
+    let image = dir.join(format!("config-drive-fat{fat_bits}.img"));
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(mib << 20).unwrap();
+    drop(file);
+    let ok = |cmd: &mut Command| {
+        let out = run(cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("mkfs.fat")
+        .args(["-F", fat_bits, "-n", "CONFIG-2"])
+        .arg(&image));
+    let files = dir.join(format!("files{fat_bits}"));
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("meta_data.json"),
+        r#"{"hostname": "node-7", "uuid": "u-1"}"#,
+    )
+    .unwrap();
+    std::fs::write(files.join("network_data.json"), r#"{"links": []}"#).unwrap();
+    std::fs::write(files.join("user_data"), "#cloud-config\n").unwrap();
+    // Longer than one cluster so chains are followed.
+    let padding = "p".repeat(5000);
+    std::fs::write(
+        files.join("kiln_config.json"),
+        format!(r#"{{"role": "fat{fat_bits}", "padding": "{padding}"}}"#),
+    )
+    .unwrap();
+    ok(Command::new("mmd")
+        .arg("-i")
+        .arg(&image)
+        .args(["::openstack", "::openstack/latest"]));
+    for name in [
+        "meta_data.json",
+        "network_data.json",
+        "user_data",
+        "kiln_config.json",
+    ] {
+        ok(Command::new("mcopy")
+            .arg("-i")
+            .arg(&image)
+            .arg(files.join(name))
+            .arg(format!("::openstack/latest/{name}")));
+    }
+    image
+}
+
+#[test]
+fn fat_config_drive_is_read_without_mounting() {
+    for (bits, mib) in [("12", 2), ("16", 16), ("32", 40)] {
+        let node = Node::new();
+        let image = fat_config_drive(node.dir.path(), bits, mib);
+        assert_eq!(
+            kiln::config::drive::probe_label(&image).as_deref(),
+            Some("CONFIG-2")
+        );
+        std::fs::write(
+            node.path("templates/etc/host.conf"),
+            "{{meta_data.hostname}} {{role}} {{user_data}}{{network_data.links}} {{padding}}\n",
+        )
+        .unwrap();
+        std::fs::remove_file(node.path("local/role.json")).unwrap();
+        let mut cmd = node.apply_command();
+        cmd.arg("--config-drive").arg(&image);
+        let args: Vec<_> = cmd
+            .get_args()
+            .filter(|a| *a != "--no-config-drive")
+            .collect();
+        let out = run(Command::new(KILN).args(args));
+        assert!(
+            out.status.success(),
+            "FAT{bits}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(node.path("root/etc/host.conf")).unwrap(),
+            format!("node-7 fat{bits} #cloud-config\n[] {}\n", "p".repeat(5000)),
+            "FAT{bits}"
+        );
+    }
+}

@@ -118,21 +118,22 @@ fn yaml11_int(s: &str) -> Option<i64> {
 }
 
 /// Scalars are judged by their source text so YAML 1.1 forms (`0644`, `yes`)
-/// mean what they meant to os-apply-config.
+/// mean what they meant to os-apply-config. Handles block lines and
+/// one-line flow mappings (`{mode: 0644, owner: root}`, JSON).
 fn raw_scalars(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            let k = k.trim().trim_matches(|c| c == '"' || c == '\'' || c == '{');
-            let v = v
-                .split(" #")
-                .next()?
-                .trim()
-                .trim_end_matches([',', '}'])
-                .trim();
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect()
+    let mut pairs = Vec::new();
+    for line in text.lines() {
+        let line = line.split(" #").next().unwrap_or_default().trim();
+        let line = line.strip_prefix('{').unwrap_or(line);
+        let line = line.strip_suffix('}').unwrap_or(line);
+        for piece in line.split(',') {
+            if let Some((k, v)) = piece.split_once(':') {
+                let k = k.trim().trim_matches(|c| c == '"' || c == '\'');
+                pairs.push((k.to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    pairs
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<FileControl, OacError> {
@@ -334,6 +335,12 @@ mod tests {
         assert!(!p("allow_empty: no").unwrap().allow_empty);
         assert!(!p("{\"allow_empty\": false}").unwrap().allow_empty);
         assert!(p("").unwrap().allow_empty);
+        let flow = p("{mode: 0640, allow_empty: no, group: 0}").unwrap();
+        assert_eq!(
+            (flow.mode, flow.allow_empty, flow.group),
+            (Some(0o640), false, Some(0))
+        );
+        assert_eq!(p(r#"{"mode": 493}"#).unwrap().mode, Some(0o755));
         assert!(matches!(p("colour: red"), Err(OacError::UnknownKey { .. })));
         assert_eq!(p("owner: root\ngroup: 0").unwrap().group, Some(0));
         assert!(matches!(

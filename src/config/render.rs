@@ -109,15 +109,18 @@ pub struct RenderedFile {
 }
 
 /// Template files under `root` (control files left out), as (template,
-/// path relative to root), sorted. Symlinked folders are not entered.
+/// path relative to root), sorted. Symlinked folders are not entered; a
+/// missing `root` has no templates.
 pub fn template_paths(root: &Path) -> Result<Vec<(PathBuf, PathBuf)>, RenderError> {
     let mut found = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|source| RenderError::Walk {
-            path: dir.clone(),
-            source,
-        })?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // No templates folder renders nothing, as with os-apply-config.
+            Err(e) if dir == root && e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(source) => return Err(RenderError::Walk { path: dir, source }),
+        };
         for entry in entries {
             let entry = entry.map_err(|source| RenderError::Walk {
                 path: dir.clone(),

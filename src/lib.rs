@@ -7,6 +7,7 @@ pub mod agent;
 pub mod boot;
 pub mod build;
 pub mod cli;
+pub mod config;
 pub mod customize;
 pub mod deploy;
 pub mod disk;

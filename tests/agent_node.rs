@@ -11,7 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::agent::configdrive::{ConfigDriveError, TableKind, write_config_drive};
+use kiln::agent::configdrive::{
+    ConfigDriveError, DiskIo, TableKind, write_config_drive, write_config_drive_on,
+};
 use kiln::agent::hints::{HintError, RootDeviceHints, select_root_device};
 use kiln::agent::inventory::{BootMode, Disk, collect_inventory};
 use kiln::format::configdrive::{ConfigDriveContent, MetaData, NetworkData};
@@ -625,6 +627,55 @@ fn config_drive_bytes_are_reproducible() {
     assert!(std::fs::read(&a).unwrap() != std::fs::read(&other).unwrap());
 }
 
+/// A disk in memory, as a remote target (an iSCSI LUN) would be.
+struct MemDisk(std::sync::Mutex<Vec<u8>>);
+
+impl DiskIo for MemDisk {
+    fn size(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let data = self.0.lock().unwrap();
+        let src = data
+            .get(offset as usize..offset as usize + buf.len())
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut data = self.0.lock().unwrap();
+        let dst = data
+            .get_mut(offset as usize..offset as usize + buf.len())
+            .ok_or(std::io::ErrorKind::WriteZero)?;
+        dst.copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn config_drive_on_any_disk_io_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = gpt_disk(dir.path(), "f.img", 40, 80);
+    let mem = std::sync::Arc::new(MemDisk(std::sync::Mutex::new(
+        std::fs::read(&file).unwrap(),
+    )));
+    let c = content("mem");
+    let a = write_config_drive(&file, &c).unwrap();
+    let b = write_config_drive_on(mem.clone(), "lun0", &c).unwrap();
+    assert_eq!(a, b);
+    assert!(*mem.0.lock().unwrap() == std::fs::read(&file).unwrap());
+    let e = write_config_drive_on(
+        std::sync::Arc::new(MemDisk(std::sync::Mutex::new(vec![0; 4096]))),
+        "lun1",
+        &c,
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("lun1: "), "{e}");
+}
+
 #[test]
 fn config_drive_on_an_mbr_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -692,6 +743,38 @@ fn config_drive_refusals_leave_the_disk_alone() {
     let e = write_config_drive(&full, &c).unwrap_err();
     assert!(matches!(e, ConfigDriveError::NoRoom { .. }), "{e}");
     assert!(std::fs::read(&full).unwrap() == before);
+
+    // The disk is smaller than the image's table says.
+    let short = gpt_disk(d, "short.img", 48, 48);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&short)
+        .unwrap()
+        .set_len(40 * MIB)
+        .unwrap();
+    let e = write_config_drive(&short, &c).unwrap_err();
+    assert!(matches!(e, ConfigDriveError::Gpt { .. }), "{e}");
+
+    // A damaged primary header: the image did not arrive intact. With the backup
+    // still in the image (smaller than the disk) no table is found at all; with
+    // the backup at the disk's end, the primary's damage is named.
+    for (image, disk, damaged_gpt) in [(40, 100, false), (48, 48, true)] {
+        let damaged = gpt_disk(d, "damaged.img", image, disk);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&damaged)
+            .unwrap();
+        f.write_all_at(&[0xFF; 4], 512 + 16).unwrap();
+        drop(f);
+        let before = std::fs::read(&damaged).unwrap();
+        let e = write_config_drive(&damaged, &c).unwrap_err();
+        if damaged_gpt {
+            assert!(matches!(e, ConfigDriveError::DamagedGpt { .. }), "{e}");
+        } else {
+            assert!(e.to_string().contains("CRC32 mismatch"), "{e}");
+        }
+        assert!(std::fs::read(&damaged).unwrap() == before);
+    }
 
     // All four MBR slots in use.
     let four = d.join("four.img");

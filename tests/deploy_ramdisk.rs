@@ -6,6 +6,10 @@
 //! from disk it boots the busybox VM image under OVMF; a new driver over the
 //! same state directory finds the running node again.
 
+#[allow(dead_code)] // this test boots kernels only
+#[path = "common/vm.rs"]
+mod vm;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -185,6 +189,20 @@ fn deploy_ramdisk_boots_through_the_qemu_power_driver() {
         );
     }
 
+    // Without a conductor URL the ramdisk says so and stays up for a login.
+    let no_url = {
+        let (kernel, initramfs) = (kernel.clone(), initramfs.clone());
+        std::thread::spawn(move || {
+            vm::boot_kernel_until(
+                &kernel,
+                &initramfs,
+                "console=ttyS0,115200",
+                BOOT_TIMEOUT,
+                &["kiln-deploy login:"],
+            )
+        })
+    };
+
     let vm_built = vm_build.join().unwrap();
     assert_success("busybox-vm build", &vm_built);
     let (port, requests) = http_server();
@@ -197,8 +215,8 @@ fn deploy_ramdisk_boots_through_the_qemu_power_driver() {
         cpus: 1,
         firmware: Firmware::Uefi,
         state_dir: dir.path().join("state"),
-        deploy_kernel: kernel,
-        deploy_initramfs: initramfs,
+        deploy_kernel: kernel.clone(),
+        deploy_initramfs: initramfs.clone(),
         kernel_append: "console=ttyS0,115200 ipa-api-url=http://10.0.2.100".into(),
         conductor_port: port,
         qemu_binary: "qemu-system-x86_64".into(),
@@ -232,6 +250,14 @@ fn deploy_ramdisk_boots_through_the_qemu_power_driver() {
         .unwrap_or_else(|_| panic!("the node never reached the test server:\n{text}"));
     assert!(request.starts_with("GET / HTTP/"), "{request}");
     assert!(text.contains("reachable: HTTP/1.0 200 OK"), "{text}");
+    // The agent loop runs (whatever `kiln agent` itself does in this build).
+    let text = wait_console(&console, 0, |t| {
+        t.contains("kiln-agent: starting kiln agent --api-url http://10.0.2.100")
+    });
+    assert!(
+        text.contains("kiln-agent: starting kiln agent --api-url http://10.0.2.100"),
+        "the agent loop did not start:\n{text}"
+    );
 
     // A conductor restart: a new driver over the same state directory.
     let pid = driver.running_pid().expect("qemu runs");
@@ -263,4 +289,12 @@ fn deploy_ramdisk_boots_through_the_qemu_power_driver() {
     let pid = driver.running_pid().expect("qemu runs");
     driver.power_off().unwrap();
     assert!(!alive(pid), "qemu pid {pid} still runs after power off");
+
+    let text = no_url.join().unwrap();
+    assert!(
+        text.contains("kiln-agent: no conductor URL on the kernel command line")
+            && text.contains("kiln-deploy login:"),
+        "no message or no login without a URL:\n{text}"
+    );
+    assert!(!text.contains("starting kiln agent"), "{text}");
 }

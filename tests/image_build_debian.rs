@@ -7,6 +7,9 @@
 #[path = "common/vm.rs"]
 mod vm;
 
+#[path = "common/debian.rs"]
+mod debian;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -43,18 +46,11 @@ fn assert_success(what: &str, out: &Output) {
     );
 }
 
+/// The shared fixture builds the recipe whenever kiln, the recipe or an element
+/// changed, so this still judges the build of every change.
 #[test]
 fn debian_vm_recipe_boots_to_a_login_prompt() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(KILN)
-        .args(["image", "build"])
-        .arg(repo().join("recipes/debian-vm.yaml"))
-        .arg("-o")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_success("kiln image build recipes/debian-vm.yaml", &out);
-    let image = dir.path().join("debian-vm.qcow2");
+    let image = debian::debian_vm_image();
     let console = boot_until(
         &image,
         "qcow2",

@@ -21,6 +21,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -72,9 +73,9 @@ pub struct ConfigDriveSummary {
 pub enum ConfigDriveError {
     #[error(transparent)]
     Content(#[from] ContentError),
-    #[error("{}: {what}: {source}", disk.display())]
+    #[error("{disk}: {what}: {source}")]
     Io {
-        disk: PathBuf,
+        disk: String,
         what: String,
         source: io::Error,
     },
@@ -84,84 +85,145 @@ pub enum ConfigDriveError {
     TooLarge { source: FatError },
     #[error("building the config drive filesystem: {0}")]
     Fat(#[source] FatError),
-    #[error("{}: reading the partition table: {source}", disk.display())]
-    Gpt { disk: PathBuf, source: GptError },
+    #[error("{disk}: reading the partition table: {source}")]
+    Gpt { disk: String, source: GptError },
     #[error(
-        "{}: the primary GPT header is damaged; refusing to write a config drive onto a disk whose image did not arrive intact",
-        disk.display()
+        "{disk}: the primary GPT header is damaged; refusing to write a config drive onto a disk whose image did not arrive intact"
     )]
-    DamagedGpt { disk: PathBuf },
+    DamagedGpt { disk: String },
     #[error(
-        "{}: no partition table (neither GPT nor MBR); the config drive needs one to be found (as in IPA, images without a table get no config drive)",
-        disk.display()
+        "{disk}: no partition table (neither GPT nor MBR); the config drive needs one to be found (as in IPA, images without a table get no config drive)"
     )]
-    NoPartitionTable { disk: PathBuf },
-    #[error("{}: no free partition entry for the config drive ({table})", disk.display())]
-    NoFreeSlot { disk: PathBuf, table: &'static str },
+    NoPartitionTable { disk: String },
+    #[error("{disk}: no free partition entry for the config drive ({table})")]
+    NoFreeSlot { disk: String, table: &'static str },
     #[error(
-        "{}: no room for a {size}-byte config drive: the last partition ends at byte {used_end} and the usable space ends at byte {usable_end}",
-        disk.display()
+        "{disk}: no room for a {size}-byte config drive: the last partition ends at byte {used_end} and the usable space ends at byte {usable_end}"
     )]
     NoRoom {
-        disk: PathBuf,
+        disk: String,
         size: u64,
         used_end: u64,
         usable_end: u64,
     },
 }
 
-/// Write the config drive onto `disk` (a block device or an image file) and return
-/// where it went. See the module documentation.
+/// Random access to the disk a config drive goes on: an image file or block
+/// device ([`DiskFile`]), or any other target (an iSCSI LUN written by the
+/// conductor) that can read and write bytes at offsets.
+pub trait DiskIo: Send + Sync + 'static {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make everything written durable.
+    fn flush(&self) -> io::Result<()>;
+}
+
+/// A disk image file or a block device, opened for reading and writing.
+pub struct DiskFile {
+    file: File,
+    size: u64,
+    is_block_device: bool,
+}
+
+impl DiskFile {
+    pub fn open(path: &Path) -> io::Result<DiskFile> {
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        let is_block_device = file.metadata()?.file_type().is_block_device();
+        // Block devices report length 0 in their metadata; the end is where seeking says.
+        let size = file.seek(SeekFrom::End(0))?;
+        Ok(DiskFile {
+            file,
+            size,
+            is_block_device,
+        })
+    }
+
+    /// Ask the kernel to re-read the partition table of a block device (best
+    /// effort: a busy disk keeps the old view until reboot, which is when it
+    /// matters). Nothing to do for a file.
+    pub fn reread_partitions(&self) {
+        if self.is_block_device {
+            const BLKRRPART: libc::c_ulong = 0x125F;
+            // SAFETY: BLKRRPART takes no argument; the descriptor is an open block device.
+            let _ = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKRRPART as _) };
+        }
+    }
+}
+
+impl DiskIo for DiskFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.file, buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// Write the config drive onto the disk at `path` (a block device or an image
+/// file) and return where it went. See the module documentation.
 pub fn write_config_drive(
-    disk: &Path,
+    path: &Path,
+    content: &ConfigDriveContent,
+) -> Result<ConfigDriveSummary, ConfigDriveError> {
+    let name = path.display().to_string();
+    let disk = DiskFile::open(path).map_err(|source| ConfigDriveError::Io {
+        disk: name.clone(),
+        what: "opening".into(),
+        source,
+    })?;
+    let disk = Arc::new(disk);
+    let summary = write_config_drive_on(disk.clone(), &name, content)?;
+    disk.reread_partitions();
+    Ok(summary)
+}
+
+/// Write the config drive onto `disk`, called `name` in errors.
+pub fn write_config_drive_on(
+    disk: Arc<dyn DiskIo>,
+    name: &str,
     content: &ConfigDriveContent,
 ) -> Result<ConfigDriveSummary, ConfigDriveError> {
     let io_err = |what: &str| {
-        let disk = disk.to_path_buf();
+        let disk = name.to_string();
         let what = what.to_string();
         move |source| ConfigDriveError::Io { disk, what, source }
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(io_err("opening"))?;
-    let is_block = file
-        .metadata()
-        .map_err(io_err("reading metadata"))?
-        .file_type()
-        .is_block_device();
-    // Block devices report length 0 in their metadata; the end is where seeking says.
-    let disk_size = file
-        .seek(SeekFrom::End(0))
-        .map_err(io_err("finding the size"))?;
-    let sectors = disk_size / SECTOR;
-
+    let sectors = disk.size() / SECTOR;
     let staged = stage_files(content)?;
     let fs_size = smallest_fat_size(staged.path(), content)?;
     let fs_sectors = fs_size / SECTOR;
 
     let source = DiskSource {
-        file: file
-            .try_clone()
-            .map_err(io_err("duplicating the descriptor"))?,
+        disk: disk.clone(),
         size: sectors * SECTOR,
     };
     let gpt = read_gpt(&source).map_err(|source| ConfigDriveError::Gpt {
-        disk: disk.to_path_buf(),
+        disk: name.to_string(),
         source,
     })?;
+    let disk = &*disk;
     let summary = match gpt {
         Some(table) if !table.primary_ok => {
             return Err(ConfigDriveError::DamagedGpt {
-                disk: disk.to_path_buf(),
+                disk: name.to_string(),
             });
         }
         Some(_) => {
-            let mut gpt = RawGpt::read(&file, sectors).map_err(io_err("reading the GPT"))?;
-            let replaced = gpt.remove_config_drives(&file);
+            let mut gpt = RawGpt::read(disk, sectors).map_err(io_err("reading the GPT"))?;
+            let replaced = gpt.remove_config_drives(disk);
             let (first, last) = place_at_end(
-                disk,
+                name,
                 fs_sectors,
                 gpt.used_end(),
                 gpt.last_usable_after_move() + 1,
@@ -170,15 +232,15 @@ pub fn write_config_drive(
             let number = gpt
                 .free_slot()
                 .ok_or_else(|| ConfigDriveError::NoFreeSlot {
-                    disk: disk.to_path_buf(),
+                    disk: name.to_string(),
                     table: "GPT",
                 })?;
-            let fat_type = write_fs(&file, staged.path(), content, first * SECTOR, fs_size)
-                .map_err(|e| fs_error(disk, e))?;
+            let fat_type = write_fs(disk, staged.path(), content, first * SECTOR, fs_size)
+                .map_err(|e| fs_error(name, e))?;
             let part_guid =
                 Uuid::new_v5(&PARTITION_GUID_NAMESPACE, content.meta_data.uuid.as_bytes());
             gpt.set_entry(number, part_guid, first, last);
-            gpt.write_moved(&file).map_err(io_err("writing the GPT"))?;
+            gpt.write_moved(disk).map_err(io_err("writing the GPT"))?;
             ConfigDriveSummary {
                 table: TableKind::Gpt,
                 partition: number as u32 + 1,
@@ -189,29 +251,29 @@ pub fn write_config_drive(
             }
         }
         None => {
-            let mut mbr = Mbr::read(&file)
+            let mut mbr = Mbr::read(disk)
                 .map_err(io_err("reading sector 0"))?
                 .ok_or_else(|| ConfigDriveError::NoPartitionTable {
-                    disk: disk.to_path_buf(),
+                    disk: name.to_string(),
                 })?;
-            let replaced = mbr.remove_config_drives(&file);
+            let replaced = mbr.remove_config_drives(disk);
             let limit = sectors.min(MBR_MAX_SECTORS);
             let (first, last) =
-                place_at_end(disk, fs_sectors, mbr.used_end(), limit, ALIGN_SECTORS)?;
+                place_at_end(name, fs_sectors, mbr.used_end(), limit, ALIGN_SECTORS)?;
             let slot = mbr
                 .free_slot()
                 .ok_or_else(|| ConfigDriveError::NoFreeSlot {
-                    disk: disk.to_path_buf(),
+                    disk: name.to_string(),
                     table: "MBR, all four primary entries are used",
                 })?;
-            let fat_type = write_fs(&file, staged.path(), content, first * SECTOR, fs_size)
-                .map_err(|e| fs_error(disk, e))?;
+            let fat_type = write_fs(disk, staged.path(), content, first * SECTOR, fs_size)
+                .map_err(|e| fs_error(name, e))?;
             let type_id = match fat_type {
                 FatType::Fat16 => 0x0E,
                 FatType::Fat32 => 0x0C,
             };
             mbr.set_entry(slot, type_id, first, last - first + 1);
-            file.write_all_at(&mbr.sector, 0)
+            disk.write_all_at(&mbr.sector, 0)
                 .map_err(io_err("writing the MBR"))?;
             ConfigDriveSummary {
                 table: TableKind::Mbr,
@@ -223,10 +285,7 @@ pub fn write_config_drive(
             }
         }
     };
-    file.sync_all().map_err(io_err("flushing"))?;
-    if is_block {
-        reread_partitions(&file);
-    }
+    disk.flush().map_err(io_err("flushing"))?;
     Ok(summary)
 }
 
@@ -258,11 +317,11 @@ enum FsError {
     Io(io::Error),
 }
 
-fn fs_error(disk: &Path, e: FsError) -> ConfigDriveError {
+fn fs_error(disk: &str, e: FsError) -> ConfigDriveError {
     match e {
         FsError::Fat(e) => ConfigDriveError::Fat(e),
         FsError::Io(source) => ConfigDriveError::Io {
-            disk: disk.to_path_buf(),
+            disk: disk.to_string(),
             what: "writing the config drive filesystem".into(),
             source,
         },
@@ -350,7 +409,7 @@ fn build_into(
 /// Write the whole filesystem region, unused clusters included, so no byte of an
 /// earlier config drive or image survives in it.
 fn write_fs(
-    disk: &File,
+    disk: &dyn DiskIo,
     dir: &Path,
     content: &ConfigDriveContent,
     offset: u64,
@@ -365,7 +424,7 @@ fn write_fs(
 /// First and last LBA of a partition of `sectors` ending on the last 1 MiB
 /// boundary at or before `end` (exclusive), after `used_end` (exclusive).
 fn place_at_end(
-    disk: &Path,
+    disk: &str,
     sectors: u64,
     used_end: u64,
     end: u64,
@@ -373,7 +432,7 @@ fn place_at_end(
 ) -> Result<(u64, u64), ConfigDriveError> {
     let end_aligned = end / ALIGN_SECTORS * ALIGN_SECTORS;
     let no_room = || ConfigDriveError::NoRoom {
-        disk: disk.to_path_buf(),
+        disk: disk.to_string(),
         size: sectors * SECTOR,
         used_end: used_end * SECTOR,
         usable_end: end * SECTOR,
@@ -386,7 +445,7 @@ fn place_at_end(
 }
 
 /// Is a filesystem labelled config-2 (FAT or ISO 9660) at byte `offset`?
-fn has_config_drive_label(file: &File, offset: u64) -> bool {
+fn has_config_drive_label(file: &dyn DiskIo, offset: u64) -> bool {
     let mut boot = [0u8; 512];
     if file.read_exact_at(&mut boot, offset).is_ok() && boot[510..512] == [0x55, 0xAA] {
         // FAT32 has zero 16-bit sectors-per-FAT; the extended boot signature 0x29
@@ -433,7 +492,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 
 impl RawGpt {
     /// Read the primary header and entries; `read_gpt` has already validated them.
-    fn read(file: &File, disk_sectors: u64) -> io::Result<RawGpt> {
+    fn read(file: &dyn DiskIo, disk_sectors: u64) -> io::Result<RawGpt> {
         let mut header = [0u8; 512];
         file.read_exact_at(&mut header, SECTOR)?;
         let entries_lba = le64(&header, 72);
@@ -488,7 +547,7 @@ impl RawGpt {
     }
 
     /// Clear every entry named config-2 or holding a config-2 filesystem.
-    fn remove_config_drives(&mut self, file: &File) -> bool {
+    fn remove_config_drives(&mut self, file: &dyn DiskIo) -> bool {
         let mut removed = false;
         for i in 0..self.num_entries {
             if !self.used(i) {
@@ -551,7 +610,7 @@ impl RawGpt {
 
     /// Write the backup (array then header) at the end of the disk, then the
     /// primary, then grow the protective MBR; clear the image's old backup header.
-    fn write_moved(&self, file: &File) -> io::Result<()> {
+    fn write_moved(&self, file: &dyn DiskIo) -> io::Result<()> {
         let last = self.disk_sectors - 1;
         let backup_entries_lba = last - self.array_sectors();
         let crc = crc32fast::hash(&self.entries);
@@ -605,8 +664,11 @@ struct Mbr {
 impl Mbr {
     /// `None` when sector 0 holds no partition table: no 55 AA signature, boot
     /// flags other than 0 and 0x80 (a filesystem boot sector), or no entry at all.
-    fn read(file: &File) -> io::Result<Option<Mbr>> {
+    fn read(file: &dyn DiskIo) -> io::Result<Option<Mbr>> {
         let mut sector = [0u8; 512];
+        if file.size() < SECTOR {
+            return Ok(None);
+        }
         match file.read_exact_at(&mut sector, 0) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -641,7 +703,7 @@ impl Mbr {
         (0..4).find(|&i| !self.used(i))
     }
 
-    fn remove_config_drives(&mut self, file: &File) -> bool {
+    fn remove_config_drives(&mut self, file: &dyn DiskIo) -> bool {
         let mut removed = false;
         for i in 0..4 {
             if self.used(i) && has_config_drive_label(file, self.span(i).0 * SECTOR) {
@@ -665,17 +727,9 @@ impl Mbr {
     }
 }
 
-/// Ask the kernel to re-read the partition table of a block device (best effort:
-/// a busy disk keeps the old view until reboot, which is when it is needed).
-fn reread_partitions(file: &File) {
-    const BLKRRPART: libc::c_ulong = 0x125F;
-    // SAFETY: BLKRRPART takes no argument; the descriptor is an open block device.
-    let _ = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _) };
-}
-
-/// A disk file (or device) as a `BlockSource` for the GPT reader.
+/// A disk as a `BlockSource` for the GPT reader.
 struct DiskSource {
-    file: File,
+    disk: Arc<dyn DiskIo>,
     size: u64,
 }
 
@@ -685,7 +739,7 @@ impl BlockSource for DiskSource {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        FileExt::read_exact_at(&self.file, buf, offset)
+        self.disk.read_exact_at(buf, offset)
     }
 
     fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
@@ -719,6 +773,15 @@ mod tests {
         }
     }
 
+    /// An empty temporary file as a disk; writes grow it.
+    fn scratch_disk() -> DiskFile {
+        DiskFile {
+            file: tempfile::tempfile().unwrap(),
+            size: 0,
+            is_block_device: false,
+        }
+    }
+
     #[test]
     fn size_is_the_smallest_that_fits() {
         for user_data in [None, Some(vec![7u8; 5 << 20])] {
@@ -739,12 +802,12 @@ mod tests {
     fn labels_are_recognized_on_fat_and_iso9660() {
         let c = content(None);
         let fs = build_config_drive_fs(&c, 0).unwrap();
-        let file = tempfile::tempfile().unwrap();
+        let file = scratch_disk();
         file.write_all_at(&fs, 4096).unwrap();
         assert!(has_config_drive_label(&file, 4096));
         assert!(!has_config_drive_label(&file, 0));
 
-        let iso = tempfile::tempfile().unwrap();
+        let iso = scratch_disk();
         let mut pvd = [0u8; 72];
         pvd[0] = 1;
         pvd[1..6].copy_from_slice(b"CD001");
@@ -760,16 +823,15 @@ mod tests {
     fn a_filesystem_boot_sector_is_not_an_mbr() {
         // A FAT filesystem starting at sector 0 (superfloppy) ends in 55 AA too.
         let fs = build_config_drive_fs(&content(None), 0).unwrap();
-        let file = tempfile::tempfile().unwrap();
+        let file = scratch_disk();
         file.write_all_at(&fs, 0).unwrap();
         assert!(Mbr::read(&file).unwrap().is_none());
-        let empty = tempfile::tempfile().unwrap();
-        assert!(Mbr::read(&empty).unwrap().is_none());
+        assert!(Mbr::read(&scratch_disk()).unwrap().is_none());
     }
 
     #[test]
     fn placement_errors() {
-        let disk = Path::new("d");
+        let disk = "d";
         assert_eq!(
             place_at_end(disk, 2048, 4096, 10 * 2048 + 7, 34).unwrap(),
             (9 * 2048, 10 * 2048 - 1)

@@ -177,6 +177,23 @@ impl RootDeviceHints {
         self.hints.is_empty()
     }
 
+    /// Whether a root disk of `gib` GiB satisfies the size hint; `None`
+    /// without one. The conductor uses it to match nodes whose disks it
+    /// knows only by size.
+    pub fn size_accepts(&self, gib: u64) -> Option<bool> {
+        let (name, matcher) = self.hints.iter().find(|(name, _)| *name == "size")?;
+        let disk = Disk {
+            size: gib.saturating_mul(GIB as u64),
+            ..Disk::default()
+        };
+        Some(hint_matches(name, matcher, &disk))
+    }
+
+    /// The hint as written for `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.original.get(name)
+    }
+
     /// True when `disk` satisfies every hint. A disk without the attribute a
     /// string hint asks about never matches it.
     pub fn matches(&self, disk: &Disk) -> bool {

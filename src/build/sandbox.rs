@@ -114,6 +114,9 @@ pub struct ChrootMounts {
     root: TreeRoot,
     steps: Vec<Step>,
     created: Vec<CreatedDir>,
+    /// Mounts below the tree before the guard (a guest's /boot and /var
+    /// mounted by `kiln image customize`): the caller's, never swept.
+    preexisting: Vec<PathBuf>,
     released: bool,
 }
 
@@ -122,10 +125,17 @@ impl ChrootMounts {
     /// read-only at /tmp/in_target.d. Must run in the private namespace.
     pub fn mount(tree: &Path, hooks_dir: Option<&Path>) -> Result<Self, SandboxError> {
         namespace::require_private_namespace(tree)?;
+        let root = TreeRoot::open(tree)?;
+        let preexisting = mounts_below(root.path()).map_err(|source| SandboxError::Io {
+            what: "reading",
+            path: PathBuf::from("/proc/thread-self/mountinfo"),
+            source,
+        })?;
         let mut guard = ChrootMounts {
-            root: TreeRoot::open(tree)?,
+            root,
             steps: Vec::new(),
             created: Vec::new(),
+            preexisting,
             released: false,
         };
         // On any error the partly built guard is dropped, which undoes it.
@@ -332,7 +342,7 @@ impl ChrootMounts {
         // Scripts may have mounted things of their own below the tree.
         match mounts_below(&tree) {
             Ok(left) => {
-                for point in left {
+                for point in left.into_iter().filter(|p| !self.preexisting.contains(p)) {
                     match sys::detach_mount_at_path(&point) {
                         // Already gone with a parent detached before it.
                         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
@@ -368,8 +378,12 @@ impl ChrootMounts {
             }
         }
         match mounts_below(&tree) {
-            Ok(left) if left.is_empty() => {}
-            Ok(mounts) => errors.push(SandboxError::MountsLeft { tree, mounts }),
+            Ok(mut left) => {
+                left.retain(|p| !self.preexisting.contains(p));
+                if !left.is_empty() {
+                    errors.push(SandboxError::MountsLeft { tree, mounts: left });
+                }
+            }
             Err(source) => errors.push(SandboxError::Io {
                 what: "reading",
                 path: PathBuf::from("/proc/thread-self/mountinfo"),

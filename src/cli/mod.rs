@@ -3,6 +3,7 @@
 mod agent;
 mod build;
 mod conductor;
+mod config;
 mod customize;
 mod deploy;
 mod image;
@@ -40,6 +41,9 @@ enum Command {
     Node(node::NodeArgs),
     /// Deploy a plan's roles onto nodes; status, list, undeploy
     Deploy(deploy::DeployArgs),
+    /// Role configuration on a node: render, key, apply (os-apply-config / os-refresh-config / os-collect-config)
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -59,14 +63,29 @@ pub fn main() -> ExitCode {
         Command::Conductor(args) => conductor::run(args),
         Command::Node(args) => node::run(args),
         Command::Deploy(args) => deploy::run(args),
+        Command::Config(cmd) => config::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("kiln: error: {e:#}");
+            eprintln!("kiln: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause added only when the text so far does
+/// not already say it (our error types often print their source themselves).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Parse a size with an optional binary suffix, as qemu-img accepts: 65536, 64K, 2M, 1G.

@@ -133,6 +133,14 @@ pub fn list_dir(
     dir: &str,
 ) -> Result<Vec<String>, ImageOpError> {
     read_only(image, format, |g| {
+        // GuestRoot::list_dir reads a missing directory as empty (what the
+        // cleanup operations want); `ls` of a path that is not there, or not a
+        // directory, is a mistake of the caller and must say so.
+        match g.kind_followed(dir)? {
+            None => return Err(ImageOpError::Missing(dir.to_string())),
+            Some(Kind::Dir) => {}
+            Some(_) => return Err(CustomizeError::NotADirectory(dir.to_string()).into()),
+        }
         let mut names = g.list_dir(dir)?;
         names.sort();
         Ok(names)

@@ -23,7 +23,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use hints::{SizeHint, check_root_device_hints};
+pub use hints::check_root_device_hints;
 pub use matching::{Assignment, Exclusion, Shortfall, match_nodes};
 
 #[derive(Debug, thiserror::Error)]

@@ -82,6 +82,15 @@ pub fn probe(file: &dyn ReadAt) -> std::io::Result<ImageFormat> {
     })
 }
 
+/// Probe the format of the image at `path`.
+pub fn probe_path(path: &Path) -> Result<ImageFormat, FormatError> {
+    let open_err = |source| FormatError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    probe(&File::open(path).map_err(open_err)?).map_err(open_err)
+}
+
 /// Open `path` as a virtual disk, probing the format unless one is given.
 /// Backing files of qcow2 images are opened too (relative to the image's folder).
 pub fn open_image(

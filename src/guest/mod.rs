@@ -3,11 +3,12 @@
 //! The chain, from the image up:
 //!
 //! ```text
-//! IMAGE (raw | qcow2) --BlockSource--> Overlay (copy-on-write, in memory)
+//! IMAGE (raw | qcow2) --BlockSource--> Overlay (copy-on-write, memory + spill file)
 //!   --FUSE file `disk`--> loop device (+ partitions) --> mounts in a private namespace
 //! ```
 //!
-//! `overlay` keeps every write away from the image until `commit`;
+//! `overlay` keeps every write away from the image until `commit`, which
+//! goes through a `journal` so a crash mid-commit is completed later;
 //! `blockfile` serves the overlay as a regular file (see there why FUSE and
 //! loop, not NBD); `loopdev` turns that file into a block device with
 //! partitions; `lvm` maps LVM logical volumes; `mount` finds the guest's
@@ -15,15 +16,20 @@
 //! together and undoes everything on drop.
 
 pub mod blockfile;
+pub mod chunks;
+pub mod journal;
 pub mod loopdev;
 pub mod lvm;
 pub mod mount;
 pub mod overlay;
+pub mod writer;
 
 use std::path::PathBuf;
 
+pub use journal::JournalError;
 pub use mount::{FsInfo, GuestSession};
-pub use overlay::{ChangedRange, ImageWriter, Overlay, OverlayError, RawWriter};
+pub use overlay::{ChangedRange, Overlay, OverlayError};
+pub use writer::{ImageWriter, RawWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -44,6 +50,8 @@ pub enum GuestError {
     Format(#[from] crate::format::FormatError),
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error(
         "refusing to mount guest filesystems of {image}: this thread is not in kiln's private \
          mount namespace (enter_private_mount_namespace was not called)"

@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::blockfile::{BlockFile, FuseBlockFiles, Region};
+use super::journal::{Journal, journal_path, replay_pending};
 use super::loopdev::LoopDevice;
-use super::overlay::{Overlay, open_writer};
+use super::overlay::Overlay;
+use super::writer::open_writer;
 use super::{GuestError, lvm, run_tool};
 use crate::build::sandbox::{in_private_mount_namespace, sys};
 use crate::format::ImageFormat;
@@ -83,6 +85,14 @@ impl GuestSession {
             return Err(GuestError::NotPrivate {
                 image: image.to_path_buf(),
             });
+        }
+        // An earlier commit that was cut short is completed first.
+        if journal_path(image).exists() {
+            let format = match format {
+                Some(f) => f,
+                None => crate::format::probe_path(image)?,
+            };
+            replay_pending(image, format)?;
         }
         let (format, source) = crate::format::open_image(image, format)?;
         let overlay = Arc::new(Overlay::new(source));
@@ -498,8 +508,17 @@ impl GuestSession {
             });
         }
         self.teardown()?;
+        if self.overlay.is_clean() {
+            return Ok(0);
+        }
+        // Durable first, then into the image: a crash from here on is
+        // completed by the next open (see `journal`).
+        let journal = Journal::write(&self.image, &self.overlay)?;
         let mut writer = open_writer(&self.image, self.format)?;
-        Ok(self.overlay.commit(writer.as_mut(), &self.image)?)
+        let written = self.overlay.commit(writer.as_mut(), &self.image)?;
+        drop(writer);
+        journal.finish()?;
+        Ok(written)
     }
 
     /// Unmount everything and drop the changes: the image stays as it was.

@@ -1,21 +1,20 @@
 //! A copy-on-write view of an image: reads fall through to the base image,
-//! writes land in an in-memory map of changed 4 KiB chunks. Nothing reaches
+//! writes land in a map of changed 4 KiB chunks (in memory up to a budget,
+//! then in a spill file: see `chunks`). Nothing reaches
 //! the image file until `commit`, so an aborted customization leaves it
 //! byte-identical (dropping the overlay is the dry run).
 //!
 //! Whole chunks that are discarded or zeroed are kept as a marker, not as
 //! 4 KiB of zeros, so a `mkfs` discard of a large device costs no memory.
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use crate::format::qcow2::WritableQcow2;
-use crate::format::{BlockSource, Extent, ExtentKind, ImageFormat};
+use super::chunks::{Chunk, ChunkStore, DEFAULT_MEMORY_BUDGET};
+use super::writer::ImageWriter;
+use crate::format::{BlockSource, Extent, ExtentKind};
 
 /// Unit of copy-on-write: the page size, which is what the loop device and
 /// the page cache write in, so most writes need no read-modify-write.
@@ -40,6 +39,12 @@ pub enum OverlayError {
     },
     #[error("{0}")]
     Qcow2Commit(Box<crate::format::qcow2::Qcow2RwError>),
+    #[error("overlay spill file, chunk at disk offset {offset}: {source}")]
+    Spill {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path}: {source}")]
     OpenForCommit {
         path: PathBuf,
@@ -58,92 +63,6 @@ impl From<OverlayError> for io::Error {
     }
 }
 
-/// Where committed bytes go: raw images take them with pwrite, qcow2 images
-/// through a writer that allocates clusters in place.
-pub trait ImageWriter {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
-
-    /// Make `len` bytes at `offset` read as zero. Writers that can deallocate
-    /// (punch a hole, mark a qcow2 cluster zero) should override this.
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        let zeros = vec![0u8; CHUNK as usize * 16];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(zeros.len() as u64);
-            self.write_at(offset + done, &zeros[..n as usize])?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()>;
-}
-
-/// A raw image written in place with pwrite.
-pub struct RawWriter {
-    file: File,
-}
-
-impl RawWriter {
-    pub fn open(path: &Path) -> Result<Self, OverlayError> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|source| OverlayError::OpenForCommit {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(RawWriter { file })
-    }
-}
-
-impl ImageWriter for RawWriter {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-/// The writer that commits into `path`, which holds an image of `format`.
-pub fn open_writer(path: &Path, format: ImageFormat) -> Result<Box<dyn ImageWriter>, OverlayError> {
-    match format {
-        ImageFormat::Raw => Ok(Box::new(RawWriter::open(path)?)),
-        ImageFormat::Qcow2 => Ok(Box::new(Qcow2Writer(
-            WritableQcow2::open(path).map_err(|e| OverlayError::Qcow2Commit(Box::new(e)))?,
-        ))),
-    }
-}
-
-/// A qcow2 image changed in place: only the clusters that change are written.
-struct Qcow2Writer(WritableQcow2);
-
-fn qcow2_io(e: crate::format::qcow2::Qcow2RwError) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-impl ImageWriter for Qcow2Writer {
-    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.0.write_at(offset, data).map_err(qcow2_io)
-    }
-
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.0.write_zeroes(offset, len).map_err(qcow2_io)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush().map_err(qcow2_io)
-    }
-}
-
-/// What the overlay holds for one chunk.
-enum Chunk {
-    Data(Box<[u8]>),
-    Zero,
-}
-
 /// A changed run of the disk, as `changed_ranges` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedRange {
@@ -155,16 +74,22 @@ pub struct ChangedRange {
 pub struct Overlay {
     base: Box<dyn BlockSource>,
     size: u64,
-    chunks: RwLock<BTreeMap<u64, Chunk>>,
+    chunks: RwLock<ChunkStore>,
 }
 
 impl Overlay {
     pub fn new(base: Box<dyn BlockSource>) -> Self {
+        Self::with_memory_budget(base, DEFAULT_MEMORY_BUDGET)
+    }
+
+    /// An overlay that keeps at most `memory_budget` bytes of changed chunks
+    /// in memory and spills the rest to an unnamed file on disk.
+    pub fn with_memory_budget(base: Box<dyn BlockSource>, memory_budget: u64) -> Self {
         let size = base.virtual_size();
         Overlay {
             base,
             size,
-            chunks: RwLock::new(BTreeMap::new()),
+            chunks: RwLock::new(ChunkStore::new(CHUNK, memory_budget)),
         }
     }
 
@@ -197,20 +122,21 @@ impl Overlay {
             let abs = offset + pos as u64;
             let index = abs / CHUNK;
             let within = (abs % CHUNK) as usize;
-            match chunks.get(&index) {
+            match chunks.map().get(&index) {
                 Some(chunk) => {
                     let n = (self.chunk_len(index) as usize - within).min(buf.len() - pos);
-                    match chunk {
-                        Chunk::Data(data) => {
-                            buf[pos..pos + n].copy_from_slice(&data[within..within + n])
-                        }
-                        Chunk::Zero => buf[pos..pos + n].fill(0),
-                    }
+                    chunks
+                        .read_chunk(chunk, within, &mut buf[pos..pos + n])
+                        .map_err(|source| OverlayError::Spill {
+                            offset: abs,
+                            source,
+                        })?;
                     pos += n;
                 }
                 None => {
                     // Read the whole run of untouched chunks from the base at once.
                     let next_changed = chunks
+                        .map()
                         .range(index + 1..)
                         .next()
                         .map_or(u64::MAX, |(&i, _)| i * CHUNK);
@@ -237,10 +163,8 @@ impl Overlay {
             let abs = offset + pos as u64;
             let index = abs / CHUNK;
             let within = (abs % CHUNK) as usize;
-            let len = self.chunk_len(index) as usize;
-            let n = (len - within).min(data.len() - pos);
-            let chunk = self.materialize(&mut chunks, index, n == len)?;
-            chunk[within..within + n].copy_from_slice(&data[pos..pos + n]);
+            let n = (self.chunk_len(index) as usize - within).min(data.len() - pos);
+            self.write_piece(&mut chunks, index, within, &data[pos..pos + n])?;
             pos += n;
         }
         Ok(())
@@ -250,6 +174,7 @@ impl Overlay {
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), OverlayError> {
         self.check_range(offset, len)?;
         let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        let zeros = [0u8; CHUNK as usize];
         let mut abs = offset;
         let end = offset + len;
         while abs < end {
@@ -258,46 +183,39 @@ impl Overlay {
             let chunk_len = self.chunk_len(index);
             let n = (chunk_len - within).min(end - abs);
             if n == chunk_len {
-                chunks.insert(index, Chunk::Zero);
+                chunks.put_zero(index);
             } else {
-                let chunk = self.materialize(&mut chunks, index, false)?;
-                chunk[within as usize..(within + n) as usize].fill(0);
+                self.write_piece(&mut chunks, index, within as usize, &zeros[..n as usize])?;
             }
             abs += n;
         }
         Ok(())
     }
 
-    /// The data buffer of chunk `index`, copied from the base (unless the
-    /// caller overwrites all of it) on first touch.
-    fn materialize<'a>(
+    /// Write `data` into chunk `index` at `within`; a chunk seen for the
+    /// first time is copied from the base unless `data` covers all of it.
+    fn write_piece(
         &self,
-        chunks: &'a mut BTreeMap<u64, Chunk>,
+        chunks: &mut ChunkStore,
         index: u64,
-        overwritten_whole: bool,
-    ) -> Result<&'a mut [u8], OverlayError> {
+        within: usize,
+        data: &[u8],
+    ) -> Result<(), OverlayError> {
+        let offset = index * CHUNK;
+        let spill_err = |source| OverlayError::Spill { offset, source };
+        if chunks.patch(index, within, data).map_err(spill_err)? {
+            return Ok(());
+        }
         let len = self.chunk_len(index) as usize;
-        let entry = chunks.entry(index);
-        let chunk = match entry {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                let mut data = vec![0u8; len].into_boxed_slice();
-                if !overwritten_whole {
-                    let offset = index * CHUNK;
-                    self.base
-                        .read_exact_at(&mut data, offset)
-                        .map_err(|source| OverlayError::BaseRead { offset, source })?;
-                }
-                v.insert(Chunk::Data(data))
-            }
-        };
-        if let Chunk::Zero = chunk {
-            *chunk = Chunk::Data(vec![0u8; len].into_boxed_slice());
+        let mut whole = vec![0u8; len].into_boxed_slice();
+        let zeroed = matches!(chunks.map().get(&index), Some(Chunk::Zero));
+        if !zeroed && data.len() != len {
+            self.base
+                .read_exact_at(&mut whole, offset)
+                .map_err(|source| OverlayError::BaseRead { offset, source })?;
         }
-        match chunk {
-            Chunk::Data(data) => Ok(data),
-            Chunk::Zero => unreachable!("zero chunks were just turned into data"),
-        }
+        whole[within..within + data.len()].copy_from_slice(data);
+        chunks.put(index, whole).map_err(spill_err)
     }
 
     /// True when nothing has been written.
@@ -313,7 +231,7 @@ impl Overlay {
     pub fn changed_ranges(&self) -> Vec<ChangedRange> {
         let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<ChangedRange> = Vec::new();
-        for (&index, chunk) in chunks.iter() {
+        for (&index, chunk) in chunks.map().iter() {
             let start = index * CHUNK;
             let end = start + self.chunk_len(index);
             let zero = matches!(chunk, Chunk::Zero);
@@ -328,6 +246,34 @@ impl Overlay {
         out
     }
 
+    /// Call `f` for every change in disk order: data in bounded pieces (so a
+    /// large change does not double the memory) or a run of zeros. Returns
+    /// the number of changed bytes.
+    pub fn for_each_change<E: From<OverlayError>>(
+        &self,
+        mut f: impl FnMut(u64, Change<'_>) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let mut changed_bytes = 0;
+        let mut buf = Vec::new();
+        for changed in self.changed_ranges() {
+            let (start, end) = (changed.range.start, changed.range.end);
+            if changed.zero {
+                f(start, Change::Zero(end - start))?;
+            } else {
+                let mut off = start;
+                while off < end {
+                    let n = (end - off).min(4 << 20);
+                    buf.resize(n as usize, 0);
+                    self.read_at(&mut buf, off)?;
+                    f(off, Change::Data(&buf))?;
+                    off += n;
+                }
+            }
+            changed_bytes += end - start;
+        }
+        Ok(changed_bytes)
+    }
+
     /// Write every changed range into `writer` and flush it. `path` names the
     /// image in errors. The overlay keeps its contents (a second commit
     /// writes the same bytes again).
@@ -339,29 +285,19 @@ impl Overlay {
                 source,
             }
         };
-        let mut written = 0;
-        let mut buf = Vec::new();
-        for changed in self.changed_ranges() {
-            let start = changed.range.start;
-            let len = changed.range.end - start;
-            if changed.zero {
-                writer.write_zeroes(start, len).map_err(err(start))?;
-            } else {
-                // Bounded pieces so a large change does not double the memory.
-                let mut off = start;
-                while off < changed.range.end {
-                    let n = (changed.range.end - off).min(4 << 20);
-                    buf.resize(n as usize, 0);
-                    self.read_at(&mut buf, off)?;
-                    writer.write_at(off, &buf).map_err(err(off))?;
-                    off += n;
-                }
-            }
-            written += len;
-        }
+        let written = self.for_each_change(|offset, change| match change {
+            Change::Data(data) => writer.write_at(offset, data).map_err(err(offset)),
+            Change::Zero(len) => writer.write_zeroes(offset, len).map_err(err(offset)),
+        })?;
         writer.flush().map_err(err(0))?;
         Ok(written)
     }
+}
+
+/// One piece of an overlay's changes, as `for_each_change` hands it out.
+pub enum Change<'a> {
+    Data(&'a [u8]),
+    Zero(u64),
 }
 
 impl BlockSource for Overlay {
@@ -379,6 +315,7 @@ impl BlockSource for Overlay {
             .chunks
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .map()
             .contains_key(&index);
         if changed {
             let len = (CHUNK - offset % CHUNK).min(max_len).max(1);
@@ -392,6 +329,7 @@ impl BlockSource for Overlay {
             .chunks
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .map()
             .range(index + 1..)
             .next()
             .map_or(u64::MAX, |(&i, _)| i * CHUNK);
@@ -428,8 +366,15 @@ mod tests {
 
     #[test]
     fn reads_see_writes_and_the_base_elsewhere() {
+        // In memory, and spilled to disk from the first chunk on.
+        for budget in [DEFAULT_MEMORY_BUDGET, 0] {
+            reads_see_writes_with_budget(budget);
+        }
+    }
+
+    fn reads_see_writes_with_budget(budget: u64) {
         let base = pattern(5 * 4096 + 100);
-        let ov = Overlay::new(Box::new(MemDisk(base.clone())));
+        let ov = Overlay::with_memory_budget(Box::new(MemDisk(base.clone())), budget);
         let mut model = base.clone();
         ov.write_at(b"hello", 4090).unwrap();
         model[4090..4095].copy_from_slice(b"hello");

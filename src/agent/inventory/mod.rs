@@ -61,7 +61,7 @@ pub struct Memory {
 }
 
 /// One whole disk (partitions, loop, ram and optical devices are not listed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
     /// Device path, "/dev/vda".
     pub name: String,

@@ -65,7 +65,10 @@ pub fn inspect(
     filesystems: &[Filesystem],
 ) -> Result<OsInfo, InspectError> {
     let g = GuestRoot::open(root)?;
-    let os = OsRelease::read(&g)?.unwrap_or_default();
+    let mut os = OsRelease::read(&g)?.unwrap_or_default();
+    if let Some(point) = debian_point_release(&g, &os)? {
+        os.version_id = point;
+    }
     let (format, pkgs) = packages::installed(&g)?;
     Ok(OsInfo {
         root: root_device.to_string(),
@@ -88,6 +91,26 @@ pub fn inspect(
     })
 }
 
+/// Debian's os-release carries only the major version (VERSION_ID="12"); the
+/// point release ("12.15") is in /etc/debian_version, where virt-inspector
+/// reads it too. Testing and unstable have a codename there ("trixie/sid"),
+/// which is no version: kept out, as is a major that disagrees.
+fn debian_point_release(g: &GuestRoot, os: &OsRelease) -> Result<Option<String>, GuestError> {
+    if os.id != "debian" || os.minor_version().is_some() {
+        return Ok(None);
+    }
+    let Some(text) = g.read_string_opt("/etc/debian_version")? else {
+        return Ok(None);
+    };
+    let point = text.trim();
+    let Some((major, minor)) = point.split_once('.') else {
+        return Ok(None);
+    };
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let same_major = os.version_id.is_empty() || os.version_id == major;
+    Ok((numeric(major) && numeric(minor) && same_major).then(|| point.to_string()))
+}
+
 fn hostname(g: &GuestRoot) -> Result<Option<String>, GuestError> {
     let first_line = g.read_string_opt("/etc/hostname")?.and_then(|text| {
         text.lines()
@@ -106,4 +129,41 @@ fn hostname(g: &GuestRoot) -> Result<Option<String>, GuestError> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point_release(os_release: &str, debian_version: Option<&str>) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        if let Some(text) = debian_version {
+            std::fs::write(dir.path().join("etc/debian_version"), text).unwrap();
+        }
+        let g = GuestRoot::open(dir.path()).unwrap();
+        debian_point_release(&g, &OsRelease::parse(os_release)).unwrap()
+    }
+
+    #[test]
+    fn debian_point_release_comes_from_debian_version() {
+        let bookworm = "ID=debian\nVERSION_ID=\"12\"\n";
+        assert_eq!(
+            point_release(bookworm, Some("12.15\n")).as_deref(),
+            Some("12.15")
+        );
+        // Codenames of testing/unstable, a disagreeing major, no file at all.
+        assert_eq!(point_release(bookworm, Some("trixie/sid\n")), None);
+        assert_eq!(point_release(bookworm, Some("11.9\n")), None);
+        assert_eq!(point_release(bookworm, None), None);
+        // Other distributions keep their os-release version.
+        assert_eq!(
+            point_release("ID=ubuntu\nVERSION_ID=\"22.04\"\n", Some("bookworm/sid")),
+            None
+        );
+        assert_eq!(
+            point_release("ID=raspbian\nVERSION_ID=\"12\"\n", Some("12.1")),
+            None
+        );
+    }
 }

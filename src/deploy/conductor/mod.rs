@@ -7,7 +7,6 @@
 //! the store serializes the flows; power calls are short (manual, qemu QMP).
 
 mod power;
-pub mod seams;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +22,9 @@ use crate::deploy::protocol::{
     DeploymentNode, DeploymentStatus, EraseParams, HeartbeatRequest, HeartbeatResponse,
     LookupRequest, LookupResponse, WriteImageParams,
 };
-use crate::deploy::rules;
 use crate::deploy::state::{Event, ProvisionState};
 use crate::deploy::store::{self, InstanceInfo, Node, Store, StoreError};
+use crate::deploy::{plan, rules};
 use crate::util::atomic_file::AtomicFile;
 
 pub use power::QemuSettings;
@@ -438,25 +437,17 @@ impl Conductor {
     /// Validates the plan, resolves its images' checksums and matches nodes, all
     /// before any node is touched; then starts every node's deploy.
     pub fn create_deployment(&self, body: &str) -> Result<DeploymentStatus> {
-        let plan = seams::parse_plan(body).map_err(ConductorError::BadRequest)?;
-        let mut images = serde_json::Map::new();
-        for (name, image) in &plan.images {
-            let checksum = match image.checksum() {
-                Some(checksum) => checksum.to_string(),
-                None => {
-                    let info = self.images.stat(image.file()).map_err(|err| {
-                        ConductorError::BadRequest(format!("plan: images: {name}: {err}"))
-                    })?;
-                    format!("sha256:{}", info.sha256)
-                }
-            };
-            images.insert(
-                name.clone(),
-                json!({"file": image.file(), "checksum": checksum}),
-            );
+        let plan = plan::parse_plan(body, "plan")
+            .map_err(|err| ConductorError::BadRequest(err.to_string()))?;
+        // The checksum of each image file now: a file replaced later fails the
+        // deploy instead of deploying something nobody planned.
+        let mut checksums = serde_json::Map::new();
+        for (name, file) in &plan.images {
+            let info = self.images.stat(file).map_err(|err| {
+                ConductorError::BadRequest(format!("plan: images: {name}: {err}"))
+            })?;
+            checksums.insert(file.clone(), json!(format!("sha256:{}", info.sha256)));
         }
-        let plan_value: Value = serde_yaml_ng::from_str(body)
-            .map_err(|err| ConductorError::BadRequest(format!("plan: {err}")))?;
         let store = self.store();
         if !self.deployment_nodes(&store, &plan.name)?.is_empty() {
             return Err(ConductorError::Conflict {
@@ -467,29 +458,21 @@ impl Conductor {
                 allowed: None,
             });
         }
-        let assignments = seams::match_nodes(&plan, &store.nodes()?).map_err(|message| {
-            ConductorError::Conflict {
-                message,
+        let assignments =
+            plan::match_nodes(&plan, &store.nodes()?).map_err(|err| ConductorError::Conflict {
+                message: err.to_string(),
                 allowed: None,
-            }
-        })?;
+            })?;
+        let plan_value = serde_json::to_value(&plan)
+            .map_err(|err| ConductorError::BadRequest(format!("plan: {err}")))?;
         store.save_deployment(
             &plan.name,
-            &json!({"plan": plan_value, "images": Value::Object(images)}),
+            &json!({"plan": plan_value, "checksums": Value::Object(checksums)}),
         )?;
         for assignment in assignments {
-            let info = InstanceInfo {
-                deployment: Some(plan.name.clone()),
-                role: Some(assignment.role.clone()),
-                index: Some(assignment.index),
-                hostname: Some(assignment.hostname.clone()),
-                image: Some(assignment.image.clone()),
-                root_device: assignment.hints.clone().into_iter().collect(),
-                config: assignment.config.clone(),
-                deploy_interface: None,
-            };
-            store.set_instance_info(&assignment.node, &info)?;
-            let node = store.transition(&assignment.node, Event::Deploy, None)?;
+            let id = assignment.node_uuid.to_string();
+            store.set_instance_info(&id, &assignment.instance_info(&plan.name))?;
+            let node = store.transition(&id, Event::Deploy, None)?;
             self.start_flow(&store, node)?;
         }
         self.deployment_status(&store, &plan.name)
@@ -804,7 +787,7 @@ impl Conductor {
         }
     }
 
-    /// The image file and checksum recorded when the node's deployment was made.
+    /// The image file and the checksum recorded when the node's deployment was made.
     fn image_of(&self, store: &Store, node: &Node) -> Result<(String, String)> {
         let missing = || ConductorError::Conflict {
             message: format!("node {} has no deployment image recorded", node.name),
@@ -814,15 +797,15 @@ impl Conductor {
         let deployment = store
             .deployment(info.deployment.as_deref().ok_or_else(missing)?)?
             .ok_or_else(missing)?;
-        let image = deployment
+        let file = info.image.clone().ok_or_else(missing)?;
+        let checksum = deployment
             .plan
-            .pointer(&format!("/images/{}", info.image.as_deref().unwrap_or("")))
-            .ok_or_else(missing)?;
-        let text = |key: &str| image.get(key).and_then(Value::as_str).map(str::to_string);
-        Ok((
-            text("file").ok_or_else(missing)?,
-            text("checksum").ok_or_else(missing)?,
-        ))
+            .get("checksums")
+            .and_then(|sums| sums.get(&file))
+            .and_then(Value::as_str)
+            .ok_or_else(missing)?
+            .to_string();
+        Ok((file, checksum))
     }
 
     // ---- timeouts --------------------------------------------------------

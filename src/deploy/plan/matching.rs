@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::hints::{SizeHint, size_hint};
+use super::hints::{size_accepts, size_text};
 use super::{DeployInterface, Plan, PlanError, Role, deep_merge};
 use crate::deploy::state::ProvisionState;
 use crate::deploy::store::{InstanceInfo, Node};
@@ -57,7 +57,7 @@ pub enum Exclusion {
     NotAvailable(ProvisionState),
     TakenBy(String),
     WrongProfile(Option<String>),
-    TooSmall { local_gb: u64, hint: SizeHint },
+    TooSmall { local_gb: u64, hint: String },
 }
 
 impl fmt::Display for Exclusion {
@@ -197,9 +197,12 @@ fn exclusion(
 /// A node whose root disk size is unknown is not excluded: the agent checks hints
 /// against the real disks.
 fn too_small(hints: &BTreeMap<String, Value>, node: &Node) -> Option<Exclusion> {
-    let hint = size_hint(hints)?;
     let local_gb = node.properties.local_gb?;
-    (!hint.accepts(local_gb)).then_some(Exclusion::TooSmall { local_gb, hint })
+    let accepted = size_accepts(hints, local_gb)?;
+    (!accepted).then(|| Exclusion::TooSmall {
+        local_gb,
+        hint: size_text(hints),
+    })
 }
 
 /// Reserves the nodes named in per-node overrides for their (role, index).

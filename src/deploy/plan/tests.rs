@@ -221,11 +221,11 @@ fn validation_errors_name_role_index_and_field() {
         ),
         (
             "roles: [{name: Compute, count: 1, root_device: {size: huge}}]",
-            "p.yaml: roles[0] (Compute).root_device: size: expected GiB like 40 or \">= 40\", got \"huge\"",
+            "p.yaml: roles[0] (Compute).root_device: root device hint \"size\": \"huge\" is not a whole number of GiB (value \"huge\")",
         ),
         (
             "roles: [{name: Compute, count: 1, root_device: {colour: red}}]",
-            "p.yaml: roles[0] (Compute).root_device: unknown hint \"colour\"",
+            "p.yaml: roles[0] (Compute).root_device: unknown root device hint \"colour\"",
         ),
         (
             "roles: [{name: Compute, count: 1, nodes: [{index: 3, hostname: c3}]}]",

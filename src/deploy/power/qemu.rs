@@ -503,25 +503,35 @@ impl QemuDriver {
         if greeting.get("QMP").is_none() {
             return Err(self.fail(format!("{what}: no QMP greeting: {greeting}")));
         }
-        for cmd in [&json!({"execute": "qmp_capabilities"}), command] {
-            let mut line = serde_json::to_vec(cmd).expect("json value serializes");
-            line.push(b'\n');
-            writer.write_all(&line).map_err(self.io(what.clone()))?;
-            // Events may come first; the reply is the next return or error.
-            loop {
-                let msg = self.qmp_read(&mut reader, &what)?;
-                if let Some(r) = msg.get("return") {
-                    if std::ptr::eq(cmd, command) {
-                        return Ok(r.clone());
-                    }
-                    break;
-                }
-                if let Some(e) = msg.get("error") {
-                    return Err(self.fail(format!("{what}: {cmd} failed: {e}")));
-                }
+        self.qmp_execute(
+            &mut reader,
+            &mut writer,
+            &json!({"execute": "qmp_capabilities"}),
+            &what,
+        )?;
+        self.qmp_execute(&mut reader, &mut writer, command, &what)
+    }
+
+    fn qmp_execute(
+        &self,
+        reader: &mut impl BufRead,
+        writer: &mut impl Write,
+        command: &Value,
+        what: &str,
+    ) -> Result<Value> {
+        let mut line = serde_json::to_vec(command).expect("json value serializes");
+        line.push(b'\n');
+        writer.write_all(&line).map_err(self.io(what.to_string()))?;
+        // Events may come first; the reply is the next return or error.
+        loop {
+            let msg = self.qmp_read(reader, what)?;
+            if let Some(r) = msg.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = msg.get("error") {
+                return Err(self.fail(format!("{what}: {command} failed: {e}")));
             }
         }
-        unreachable!("the loop returns at the last command")
     }
 
     fn qmp_read(&self, reader: &mut impl BufRead, what: &str) -> Result<Value> {
@@ -633,7 +643,8 @@ mod tests {
     #[test]
     fn bad_node_fields_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(fn(&mut QemuNode), &str); 4] = [
+        type Breaker = fn(&mut QemuNode);
+        let cases: [(Breaker, &str); 4] = [
             (|n| n.name = "../x".into(), "name"),
             (|n| n.mac = "52:54:00:12:34".into(), "mac"),
             (|n| n.disk_format = "vmdk".into(), "disk_format"),

@@ -5,6 +5,7 @@
 //! (enrolling a batch of nodes, a transition plus its timeline row) are one
 //! transaction each.
 
+mod agent;
 mod enroll;
 mod model;
 mod records;
@@ -400,62 +401,34 @@ impl Store {
         )
     }
 
-    /// Remembers only the SHA-256 of the agent token.
-    pub fn set_agent_token(&self, node: &str, token: &str) -> Result<Node> {
-        let hash = token::hash(token);
-        self.update(
-            node,
-            "UPDATE nodes SET agent_token_hash = ?2 WHERE uuid = ?1",
-            &hash,
-        )
-    }
-
-    pub fn clear_agent_token(&self, node: &str) -> Result<Node> {
-        self.update(
-            node,
-            "UPDATE nodes SET agent_token_hash = ?2 WHERE uuid = ?1",
-            &Option::<Vec<u8>>::None,
-        )
-    }
-
-    /// True only if the node has a token and `token` is it (constant-time compare).
-    pub fn verify_agent_token(&self, node: &str, token: &str) -> Result<bool> {
-        let uuid = Self::uuid_of(&self.conn, node)?;
-        let stored: Option<Vec<u8>> = self.conn.query_row(
-            "SELECT agent_token_hash FROM nodes WHERE uuid = ?1",
-            [&uuid],
-            |row| row.get(0),
-        )?;
-        Ok(stored.is_some_and(|hash| token::matches(&hash, token)))
-    }
-
-    pub fn record_heartbeat(&self, node: &str) -> Result<Node> {
-        self.update(
-            node,
-            "UPDATE nodes SET last_heartbeat = ?2 WHERE uuid = ?1",
-            &now(),
-        )
-    }
-
-    /// Streaming progress: bytes written so far and the total when known.
-    pub fn set_progress(&self, node: &str, written: u64, total: Option<u64>) -> Result<Node> {
-        let uuid = self.write(|conn| {
-            let uuid = Self::uuid_of(conn, node)?;
-            conn.execute(
-                "UPDATE nodes SET bytes_written = ?2, bytes_total = ?3 WHERE uuid = ?1",
-                params![uuid, clamp_i64(written), total.map(clamp_i64)],
-            )?;
-            Ok(uuid)
-        })?;
-        self.node(&uuid)
-    }
-
-    pub fn set_deploy_step(&self, node: &str, step: Option<&str>) -> Result<Node> {
-        self.update(
-            node,
-            "UPDATE nodes SET deploy_step = ?2 WHERE uuid = ?1",
-            &step,
-        )
+    /// Applies `timeout` to every in-flight node whose deadline is at or before `now`
+    /// (guarded, so a node that moved on meanwhile is left alone). Returns the nodes
+    /// that timed out, in their new states.
+    pub fn time_out_expired(&self, now: i64) -> Result<Vec<Node>> {
+        let mut expired = Vec::new();
+        for flying in self.in_flight_nodes()? {
+            if !flying.is_timed_out(now) {
+                continue;
+            }
+            let node = &flying.node;
+            let message = format!(
+                "timed out in state \"{}\" after {} s",
+                node.provision_state,
+                flying.deadline - node.state_entered_at
+            );
+            match self.transition_if(
+                &node.uuid.to_string(),
+                node.provision_state,
+                Some(node.state_entered_at),
+                Event::Timeout,
+                Some(&message),
+            ) {
+                Ok(node) => expired.push(node),
+                Err(StoreError::StateChanged { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(expired)
     }
 
     /// Nodes in in-flight states with their deadlines, for a (re)starting conductor
@@ -471,10 +444,6 @@ impl Store {
             })
             .collect())
     }
-}
-
-fn clamp_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

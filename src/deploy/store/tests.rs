@@ -385,3 +385,47 @@ fn two_connections_to_one_file_see_each_others_commits() {
     reader.transition("n", Event::Inspect, None).unwrap();
     assert_eq!(writer.timeline("n").unwrap().len(), 2);
 }
+
+#[test]
+fn expired_in_flight_nodes_time_out_and_others_stay() {
+    let store = memory_store();
+    store
+        .create_nodes(&[
+            new_node("deleting", "52:54:00:00:00:01"),
+            new_node("inspecting", "52:54:00:00:00:02"),
+        ])
+        .unwrap();
+    for event in [Event::Manage, Event::Inspect] {
+        store.transition("inspecting", event, None).unwrap();
+    }
+    for event in [
+        Event::Manage,
+        Event::Provide,
+        Event::Done,
+        Event::Deploy,
+        Event::Done,
+        Event::Undeploy,
+    ] {
+        store.transition("deleting", event, None).unwrap();
+    }
+    let deleting = store.node("deleting").unwrap();
+    assert_eq!(deleting.provision_state, ProvisionState::Deleting);
+    // Deleting times out after 600 s, inspecting after 1800 s.
+    let now = deleting.state_entered_at + 600;
+    let expired = store.time_out_expired(now).unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].name, "deleting");
+    assert_eq!(expired[0].provision_state, ProvisionState::Error);
+    assert_eq!(
+        expired[0].last_error.as_deref(),
+        Some("timed out in state \"deleting\" after 600 s")
+    );
+    assert_eq!(
+        store.node("inspecting").unwrap().provision_state,
+        ProvisionState::Inspecting
+    );
+    let later = store.node("inspecting").unwrap().state_entered_at + 1800;
+    let expired = store.time_out_expired(later).unwrap();
+    assert_eq!(expired[0].provision_state, ProvisionState::InspectFailed);
+    assert!(store.in_flight_nodes().unwrap().is_empty());
+}

@@ -185,6 +185,8 @@ fn a_malformed_file_names_the_node_and_field_and_imports_nothing() {
 
     let (code, out, err) = conductor.kiln(&["node", "import", arg(&file)]);
     assert_eq!(code, 1, "{out}{err}");
+    // Checked locally (the message names the file, not a request body).
+    assert!(err.contains("bad.json"), "{err}");
     assert!(err.contains("nodes[1]"), "{err}");
     assert!(err.contains("ports[0]"), "{err}");
     assert!(err.contains("52-54-00-bb-00-zz"), "{err}");
@@ -537,6 +539,11 @@ fn a_wait_ends_with_exit_1_on_a_failed_state_or_its_timeout() {
         err.contains("did not reach a stable state within 1 s") && err.contains("inspecting"),
         "{err}"
     );
+
+    // Abort leads to a failed state on purpose: waiting for it succeeds.
+    let (code, out, err) = conductor.kiln(&["node", "abort", "node-d", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("inspect failed"), "{out}");
 
     let disk = dir.path().join("c.img");
     let _agent = Agent::start(&conductor.url, "52:54:00:00:02:0c", &disk, 2048);

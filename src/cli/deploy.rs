@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::node::{ConductorUrl, WaitArgs};
 use crate::deploy::client::progress::NodeBars;
-use crate::deploy::client::{Client, WaitProgress, render};
+use crate::deploy::client::{Client, WaitOptions, render};
 use crate::deploy::protocol::DeploymentStatus;
 
 #[derive(Args)]
@@ -100,8 +100,9 @@ fn wait_for(client: &Client, name: &str, wait: &WaitArgs) -> Result<DeploymentSt
     let mut bars = NodeBars::new();
     let result = client.wait_deployment(
         name,
-        WaitProgress {
+        WaitOptions {
             timeout: wait.timeout(),
+            accept_failed: false,
             on_update: &mut |status| bars.deployment(status),
         },
     );

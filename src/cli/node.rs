@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::deploy::client::progress::NodeBars;
-use crate::deploy::client::{Client, WaitProgress, conductor_url, render};
+use crate::deploy::client::{Client, WaitOptions, conductor_url, render};
 
 /// Where the conductor is: every operator command takes it.
 #[derive(Args, Clone)]
@@ -189,8 +189,9 @@ fn provision(client: &Client, verb: &str, args: VerbArgs) -> Result<()> {
         let mut bars = NodeBars::new();
         let result = client.wait_nodes(
             &args.nodes,
-            WaitProgress {
+            WaitOptions {
                 timeout: args.wait.timeout(),
+                accept_failed: verb == "abort",
                 on_update: &mut |nodes| bars.nodes(nodes),
             },
         );

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::deploy::protocol::{DeploymentStatus, ErrorBody, PowerRequest, ProvisionRequest};
 
 pub use model::{NodeDetails, NodeRecord, TimelineEntry};
-pub use wait::WaitProgress;
+pub use wait::WaitOptions;
 
 /// Where operator commands find the conductor when neither --url nor the
 /// environment says otherwise (Ironic's port).

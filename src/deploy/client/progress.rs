@@ -39,10 +39,12 @@ impl NodeBars {
     /// Shows one node: its state, and bytes written of total while streaming.
     pub fn update(&mut self, node: &str, state: &str, progress: Option<(u64, Option<u64>)>) {
         let multi = &self.multi;
-        let bar = self
-            .bars
-            .entry(node.to_string())
-            .or_insert_with(|| multi.add(ProgressBar::no_length()));
+        let bar = self.bars.entry(node.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::no_length());
+            // The conductor is polled once a second; keep the spinner alive between.
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
         match progress {
             Some((done, Some(total))) if total > 0 => {
                 bar.set_style(style(

@@ -12,8 +12,10 @@ use super::{Client, ClientError, NodeRecord, Result};
 const POLL: Duration = Duration::from_secs(1);
 
 /// How long to wait, and what to call with every snapshot (to draw progress).
-pub struct WaitProgress<'a, T> {
+pub struct WaitOptions<'a, T> {
     pub timeout: Option<Duration>,
+    /// A failed state is where the verb leads (`abort`): resting there is success.
+    pub accept_failed: bool,
     pub on_update: &'a mut dyn FnMut(&T),
 }
 
@@ -38,7 +40,7 @@ impl Client {
     pub fn wait_nodes(
         &self,
         nodes: &[String],
-        wait: WaitProgress<'_, Vec<NodeRecord>>,
+        wait: WaitOptions<'_, Vec<NodeRecord>>,
     ) -> Result<Vec<NodeRecord>> {
         let started = Instant::now();
         loop {
@@ -63,7 +65,7 @@ impl Client {
                         )
                     })
                     .collect();
-                if failures.is_empty() {
+                if failures.is_empty() || wait.accept_failed {
                     return Ok(records);
                 }
                 return Err(ClientError::Failed {
@@ -87,7 +89,7 @@ impl Client {
     pub fn wait_deployment(
         &self,
         name: &str,
-        wait: WaitProgress<'_, DeploymentStatus>,
+        wait: WaitOptions<'_, DeploymentStatus>,
     ) -> Result<DeploymentStatus> {
         let started = Instant::now();
         let what = format!("deployment {name}");
@@ -117,7 +119,7 @@ impl Client {
                     .filter(|node| state(node).is_some_and(is_failed))
                     .map(|node| failure_line(&node.node, &node.state, node.last_error.as_deref()))
                     .collect();
-                if failures.is_empty() {
+                if failures.is_empty() || wait.accept_failed {
                     return Ok(status);
                 }
                 return Err(ClientError::Failed {

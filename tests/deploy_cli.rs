@@ -238,6 +238,17 @@ fn refused_verbs_name_the_allowed_ones_and_change_nothing() {
         err.contains("allowed verbs:") && err.contains("provide"),
         "{err}"
     );
+
+    // An idle node can be deleted; a node being inspected cannot.
+    assert_eq!(conductor.kiln(&["node", "inspect", "cmp-0"]).0, 0);
+    let (code, _, err) = conductor.kiln(&["node", "delete", "cmp-0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cmp-0 is inspecting"), "{err}");
+    let (code, _, err) = conductor.kiln(&["node", "delete", "ctl-0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = conductor.kiln(&["node", "show", "ctl-0"]);
+    assert_eq!(code, 1, "deleted node still shown: {err}");
+    assert_eq!(conductor.node("cmp-0")["provision_state"], "inspecting");
 }
 
 #[test]

@@ -125,7 +125,9 @@ impl From<StoreError> for ConductorError {
                     allowed: Some(allowed),
                 }
             }
-            StoreError::DuplicateNames(_) | StoreError::DuplicateMacs(_) => Self::Conflict {
+            StoreError::DuplicateNames(_)
+            | StoreError::DuplicateMacs(_)
+            | StoreError::NotDeletable { .. } => Self::Conflict {
                 message: err.to_string(),
                 allowed: None,
             },
@@ -222,12 +224,8 @@ impl Conductor {
     }
 
     pub fn delete_node(&self, id: &str) -> Result<()> {
-        let node = self.store().node(id)?;
-        // seam: needs Store::delete_node (dcore's store has none yet).
-        Err(ConductorError::NotImplemented(format!(
-            "deleting node {} is not supported by this conductor's store yet",
-            node.name
-        )))
+        self.store().delete_node(id)?;
+        Ok(())
     }
 
     pub fn inventory(&self, id: &str) -> Result<Value> {

@@ -9,7 +9,43 @@ use super::row::{normalize_mac, to_json};
 use super::{NewNode, Node, Result, Store, StoreError, now};
 use crate::deploy::state::ProvisionState;
 
+/// States a node may be deleted in (Ironic's rule): it holds no instance and
+/// nothing is in flight.
+pub const DELETABLE_STATES: &[ProvisionState] = &[
+    ProvisionState::Enroll,
+    ProvisionState::Manageable,
+    ProvisionState::Available,
+    ProvisionState::InspectFailed,
+    ProvisionState::CleanFailed,
+];
+
 impl Store {
+    /// Deletes a node with its ports, inventory and timeline, in one
+    /// transaction, only in one of `DELETABLE_STATES`. Returns the node as it was.
+    pub fn delete_node(&self, id_or_name: &str) -> Result<Node> {
+        let node = self.node(id_or_name)?;
+        self.write(|conn| {
+            let state: String = conn.query_row(
+                "SELECT provision_state FROM nodes WHERE uuid = ?1",
+                params![node.uuid.to_string()],
+                |row| row.get(0),
+            )?;
+            let state = state.parse().unwrap_or(ProvisionState::Error);
+            if !DELETABLE_STATES.contains(&state) {
+                return Err(StoreError::NotDeletable {
+                    node: node.name.clone(),
+                    state,
+                });
+            }
+            conn.execute(
+                "DELETE FROM nodes WHERE uuid = ?1",
+                params![node.uuid.to_string()],
+            )?;
+            Ok(())
+        })?;
+        Ok(node)
+    }
+
     /// Enrolls all `nodes` in one transaction, in `enroll` state: either every node is
     /// stored or none is. Names and MACs already in use (in the store or twice in
     /// the batch) are refused, all of them named in the error.

@@ -62,6 +62,11 @@ pub enum StoreError {
         node: String,
         source: TransitionError,
     },
+    #[error(
+        "node {node} is {state}: nodes can be deleted only when enroll, manageable, available, \
+         inspect failed or clean failed"
+    )]
+    NotDeletable { node: String, state: ProvisionState },
     #[error("node {node} is now {actual}, no longer {expected}")]
     StateChanged {
         node: String,

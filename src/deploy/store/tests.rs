@@ -429,3 +429,30 @@ fn expired_in_flight_nodes_time_out_and_others_stay() {
     assert_eq!(expired[0].provision_state, ProvisionState::InspectFailed);
     assert!(store.in_flight_nodes().unwrap().is_empty());
 }
+
+#[test]
+fn deleting_a_node_removes_its_ports_and_only_in_idle_states() {
+    let store = memory_store();
+    store
+        .create_nodes(&[
+            new_node("n1", "52:54:00:00:00:01"),
+            new_node("n2", "52:54:00:00:00:02"),
+        ])
+        .unwrap();
+    store.transition("n2", Event::Manage, None).unwrap();
+    store.transition("n2", Event::Inspect, None).unwrap();
+    let err = store.delete_node("n2").unwrap_err();
+    assert!(err.to_string().contains("n2 is inspecting"), "{err}");
+    assert!(store.node("n2").is_ok());
+
+    store.delete_node("n1").unwrap();
+    assert!(matches!(store.node("n1"), Err(StoreError::NodeNotFound(_))));
+    assert!(matches!(
+        store.node_by_mac("52:54:00:00:00:01"),
+        Err(StoreError::MacNotFound(_))
+    ));
+    // The MAC is free again.
+    store
+        .create_nodes(&[new_node("n3", "52:54:00:00:00:01")])
+        .unwrap();
+}

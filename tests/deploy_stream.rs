@@ -241,14 +241,19 @@ fn qcow2_with_a_backing_file_is_refused() {
     assert!(err.to_string().contains("backing file"), "{err}");
 }
 
-/// A TCP proxy to `upstream` that, once, closes a connection after forwarding
-/// `cut_after` response bytes on it.
+/// A TCP proxy to `upstream` that closes a connection after forwarding
+/// `cut_after` response bytes on it, once; with `dead_after_cut`, later
+/// connections are closed at once (a server that went away).
 struct CuttingProxy {
     addr: std::net::SocketAddr,
     cuts: Arc<AtomicU64>,
 }
 
-fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: u64) -> CuttingProxy {
+fn cutting_proxy(
+    upstream: std::net::SocketAddr,
+    cut_after: u64,
+    dead_after_cut: bool,
+) -> CuttingProxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let armed = Arc::new(AtomicBool::new(true));
@@ -276,6 +281,9 @@ fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: u64) -> CuttingProxy
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
+                    if dead_after_cut && cuts.load(Ordering::SeqCst) > 0 {
+                        break; // also connections opened before the cut
+                    }
                     if c_out.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -299,7 +307,7 @@ fn a_connection_cut_mid_stream_is_resumed() {
     let fx = fixture();
     for name in ["disk.raw", "zstd.qcow2"] {
         let size = fs::metadata(fx.images.join(name)).unwrap().len();
-        let proxy = cutting_proxy(fx.server.addr, size / 2);
+        let proxy = cutting_proxy(fx.server.addr, size / 2, false);
         let url = format!("http://{}/v1/images/{name}", proxy.addr);
         let target = fx.work.join(format!("{name}.cut"));
         let report = write(&url, &sha256_of(&fx.images.join(name)), &target).unwrap();
@@ -311,6 +319,24 @@ fn a_connection_cut_mid_stream_is_resumed() {
         assert!(report.resumes >= 1, "{name}: {report:?}");
         assert_same_disk(&target, &fx.raw);
     }
+}
+
+#[test]
+fn a_connection_that_keeps_failing_is_an_error_naming_url_and_offset() {
+    let fx = fixture();
+    let name = "disk.raw";
+    let proxy = cutting_proxy(fx.server.addr, 20 * MIB, true);
+    let url = format!("http://{}/v1/images/{name}", proxy.addr);
+    let target = fx.work.join("old");
+    fs::write(&target, vec![0xa5u8; DISK as usize]).unwrap();
+    let err = write(&url, &sha256_of(&fx.images.join(name)), &target).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, StreamError::Http { offset, .. } if offset >= 20 * MIB),
+        "{msg}"
+    );
+    assert!(msg.contains(&url), "{msg}");
+    assert!(first_mib(&target).iter().all(|&b| b == 0));
 }
 
 #[test]
@@ -409,7 +435,10 @@ fn range_requests_behave_for_curl() {
         "{h}"
     );
     // curl -I writes the headers where the body would go: no image bytes there.
-    assert!(!body.windows(4).any(|w| w == b"QFI\xfb"), "HEAD sent a body");
+    assert!(
+        !body.windows(4).any(|w| w == b"QFI\xfb"),
+        "HEAD sent a body"
+    );
     // If-Range with a stale validator: the whole file, not the range.
     let (h, body) = curl(&["-r", "0-9", "-H", "If-Range: \"stale\"", &url]);
     assert_eq!(status(&h), 200, "{h}");

@@ -126,21 +126,24 @@ pub fn write_image(
     let image = HttpImage::open(source)?;
     let layout = layout::plan(&image)?;
     let disk = Target::open(target, layout.virtual_size)?;
+    let pool = match opts.threads {
+        Some(n) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+                .map_err(|e| StreamError::Internal(format!("cannot start {n} threads: {e}")))?,
+        ),
+        None => None,
+    };
     let job = Job {
         image: &image,
         layout: &layout,
         target: &disk,
         expected,
         opts,
+        pool: pool.as_ref(),
     };
-    let outcome = match opts.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map_err(|e| StreamError::Internal(format!("cannot start {n} threads: {e}")))
-            .and_then(|pool| pool.install(|| job.run())),
-        None => job.run(),
-    };
+    let outcome = job.run();
     let finished = outcome.and_then(|(actual, resumes)| {
         if !expected.matches(&actual) {
             return Err(StreamError::ChecksumMismatch {
@@ -187,6 +190,8 @@ struct Job<'a> {
     target: &'a Target,
     expected: &'a Checksum,
     opts: &'a WriteOptions,
+    /// The pool for decompression and writes (None: rayon's global pool).
+    pool: Option<&'a rayon::ThreadPool>,
 }
 
 /// One unit of work for the pool: file bytes destined for a guest offset.
@@ -212,8 +217,13 @@ impl Job<'_> {
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || self.download(chunk_tx));
             let workers = scope.spawn(move || -> Result<(), StreamError> {
+                let apply_all =
+                    |batch: Vec<Work>| batch.into_par_iter().try_for_each(|w| self.apply(w));
                 for batch in batch_rx {
-                    batch.into_par_iter().try_for_each(|w| self.apply(w))?;
+                    match self.pool {
+                        Some(pool) => pool.install(|| apply_all(batch))?,
+                        None => apply_all(batch)?,
+                    }
                 }
                 Ok(())
             });

@@ -301,6 +301,12 @@ impl Job<'_> {
                 if ready_to <= from {
                     break;
                 }
+                if from < window_start {
+                    // Only possible if the layout's ordering were broken.
+                    return Err(StreamError::Internal(format!(
+                        "file offset {from} was already passed"
+                    )));
+                }
                 let slice =
                     &window[(from - window_start) as usize..(ready_to - window_start) as usize];
                 batch_bytes += slice.len() as u64;

@@ -194,15 +194,20 @@ struct Job<'a> {
     pool: Option<&'a rayon::ThreadPool>,
 }
 
-/// One unit of work for the pool: file bytes destined for a guest offset.
+/// One unit of work for the pool: pieces of file bytes that become one
+/// contiguous run of guest bytes at `guest`, written with one call.
 struct Work {
     guest: u64,
-    bytes: Vec<u8>,
-    kind: PieceKind,
+    guest_len: u64,
+    parts: Vec<(Vec<u8>, PieceKind)>,
 }
+
+/// Guest bytes gathered into one write at most (what convert writes at a time).
+const WRITE_RUN: u64 = 1 << 20;
 
 thread_local! {
     static CLUSTER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static RUN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Job<'_> {
@@ -285,7 +290,7 @@ impl Job<'_> {
         let mut next = 0usize;
         // Bytes of pieces[next] already handed out (raw pieces go out in parts).
         let mut done = 0u64;
-        let mut batch = Vec::new();
+        let mut batch: Vec<Work> = Vec::new();
         let mut batch_bytes = 0u64;
         for chunk in rx {
             window.extend_from_slice(&chunk);
@@ -310,11 +315,23 @@ impl Job<'_> {
                 let slice =
                     &window[(from - window_start) as usize..(ready_to - window_start) as usize];
                 batch_bytes += slice.len() as u64;
-                batch.push(Work {
-                    guest: p.guest + done,
-                    bytes: slice.to_vec(),
-                    kind: p.kind,
-                });
+                let guest = p.guest + done;
+                let len = match p.kind {
+                    PieceKind::Raw => slice.len() as u64,
+                    PieceKind::Compressed { guest_len } => guest_len,
+                };
+                let part = (slice.to_vec(), p.kind);
+                match batch.last_mut() {
+                    Some(w) if w.guest + w.guest_len == guest && w.guest_len + len <= WRITE_RUN => {
+                        w.guest_len += len;
+                        w.parts.push(part);
+                    }
+                    _ => batch.push(Work {
+                        guest,
+                        guest_len: len,
+                        parts: vec![part],
+                    }),
+                }
                 if ready_to == to {
                     next += 1;
                     done = 0;
@@ -366,22 +383,51 @@ impl Job<'_> {
 
     /// Worker: decompress if needed and write to the target.
     fn apply(&self, work: Work) -> Result<(), StreamError> {
-        match work.kind {
-            PieceKind::Raw => self.target.write_at(work.guest, &work.bytes),
-            PieceKind::Compressed { guest_len } => CLUSTER.with_borrow_mut(|cluster| {
-                cluster.resize(self.layout.cluster_size as usize, 0);
-                decompress_cluster(self.layout.compression, &work.bytes, cluster).map_err(|e| {
-                    StreamError::Qcow2 {
-                        url: self.image.url().to_string(),
-                        source: Qcow2Error::Corrupt(format!(
-                            "compressed cluster for guest offset {}: {e}",
-                            work.guest
-                        )),
-                    }
-                })?;
-                self.target
-                    .write_at(work.guest, &cluster[..guest_len as usize])
-            }),
+        if let [(bytes, PieceKind::Raw)] = &work.parts[..] {
+            return self.target.write_at(work.guest, bytes);
         }
+        RUN.with_borrow_mut(|run| {
+            run.clear();
+            for (bytes, kind) in &work.parts {
+                match *kind {
+                    PieceKind::Raw => run.extend_from_slice(bytes),
+                    PieceKind::Compressed { guest_len } => {
+                        let at = work.guest + run.len() as u64;
+                        self.decompress(bytes, at, guest_len, run)?;
+                    }
+                }
+            }
+            self.target.write_at(work.guest, run)
+        })
+    }
+
+    /// Decompress one cluster and append its first `guest_len` bytes to `out`.
+    fn decompress(
+        &self,
+        packed: &[u8],
+        guest: u64,
+        guest_len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        let cs = self.layout.cluster_size as usize;
+        let corrupt = |e: crate::format::qcow2::compress::CompressError| StreamError::Qcow2 {
+            url: self.image.url().to_string(),
+            source: Qcow2Error::Corrupt(format!(
+                "compressed cluster for guest offset {guest}: {e}"
+            )),
+        };
+        let kind = self.layout.compression;
+        if guest_len as usize == cs {
+            let start = out.len();
+            out.resize(start + cs, 0);
+            return decompress_cluster(kind, packed, &mut out[start..]).map_err(corrupt);
+        }
+        // The disk's last cluster: decompress whole, keep the part inside the disk.
+        CLUSTER.with_borrow_mut(|cluster| {
+            cluster.resize(cs, 0);
+            decompress_cluster(kind, packed, cluster).map_err(corrupt)?;
+            out.extend_from_slice(&cluster[..guest_len as usize]);
+            Ok(())
+        })
     }
 }

@@ -84,6 +84,8 @@ pub enum StreamError {
         expected: String,
         actual: String,
     },
+    #[error("{url}: interrupted at offset {offset}")]
+    Interrupted { url: String, offset: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -263,6 +265,12 @@ impl Job<'_> {
             })?;
             if n == 0 {
                 break;
+            }
+            if crate::util::interrupt::check().is_err() {
+                return Err(StreamError::Interrupted {
+                    url: self.image.url().to_string(),
+                    offset: body.position(),
+                });
             }
             chunk.truncate(n);
             hasher.update(&chunk);

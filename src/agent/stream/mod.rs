@@ -3,8 +3,8 @@
 //!
 //! The chain: HTTP body (resuming with Range requests) -> hash (every byte of the
 //! file) -> layout (which file bytes are which guest bytes) -> decompress -> target
-//! (first MiB held back until the checksum matched). Network reading and hashing
-//! run on one thread; parsing the stream on another; decompression and writes on
+//! (first MiB held back until the checksum matched). Network reading, hashing and
+//! parsing the stream each run on their own thread; decompression and writes on
 //! the rayon pool.
 
 pub mod checksum;
@@ -219,7 +219,7 @@ impl Job<'_> {
         for &(start, len) in &self.layout.holes {
             self.target.zero_range(start, len)?;
         }
-        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Work>>(BATCHES_IN_FLIGHT);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || self.download(chunk_tx));
@@ -249,47 +249,66 @@ impl Job<'_> {
         })
     }
 
-    /// Network thread: read the body in order, hash every byte, pass chunks on.
-    fn download(&self, tx: mpsc::SyncSender<Vec<u8>>) -> Result<(String, u32), StreamError> {
+    /// Network thread: read the body in order and pass every chunk to the hash
+    /// thread (every byte of the file is hashed) and to the parser.
+    fn download(&self, tx: mpsc::SyncSender<Arc<Vec<u8>>>) -> Result<(String, u32), StreamError> {
         let mut body = self.image.stream()?;
-        let mut hasher = self.expected.hasher();
         let total = self.image.size;
-        loop {
-            let mut chunk = vec![0u8; CHUNK];
-            let n = crate::deploy::images::read_full(&mut body, &mut chunk).map_err(|e| {
-                StreamError::Http {
-                    url: self.image.url().to_string(),
-                    offset: body.position(),
-                    message: e.to_string(),
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let mut hasher = self.expected.hasher();
+        std::thread::scope(|scope| {
+            let hashing = scope.spawn(move || {
+                for chunk in hash_rx {
+                    hasher.update(&chunk);
                 }
-            })?;
-            if n == 0 {
-                break;
-            }
-            if crate::util::interrupt::check().is_err() {
-                return Err(StreamError::Interrupted {
-                    url: self.image.url().to_string(),
-                    offset: body.position(),
-                });
-            }
-            chunk.truncate(n);
-            hasher.update(&chunk);
-            if let Some(progress) = &self.opts.progress {
-                progress(body.position(), total);
-            }
-            if tx.send(chunk).is_err() {
-                // The parser stopped; its error is the one to report.
-                break;
-            }
-        }
-        Ok((hasher.finish(), body.resumes))
+                hasher.finish()
+            });
+            let received = (|| -> Result<(), StreamError> {
+                loop {
+                    let mut chunk = vec![0u8; CHUNK];
+                    let n =
+                        crate::deploy::images::read_full(&mut body, &mut chunk).map_err(|e| {
+                            StreamError::Http {
+                                url: self.image.url().to_string(),
+                                offset: body.position(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if crate::util::interrupt::check().is_err() {
+                        return Err(StreamError::Interrupted {
+                            url: self.image.url().to_string(),
+                            offset: body.position(),
+                        });
+                    }
+                    chunk.truncate(n);
+                    let chunk = Arc::new(chunk);
+                    if let Some(progress) = &self.opts.progress {
+                        progress(body.position(), total);
+                    }
+                    // A closed channel: the parser stopped, and its error is the
+                    // one to report.
+                    if hash_tx.send(chunk.clone()).is_err() || tx.send(chunk).is_err() {
+                        return Ok(());
+                    }
+                }
+            })();
+            drop(hash_tx);
+            let digest = hashing
+                .join()
+                .map_err(|_| StreamError::Internal("hash thread panicked".into()))?;
+            received?;
+            Ok((digest, body.resumes))
+        })
     }
 
     /// Parser thread: follow the layout through the stream, cutting pieces out of
     /// a window of file bytes and batching them for the pool.
     fn parse(
         &self,
-        rx: mpsc::Receiver<Vec<u8>>,
+        rx: mpsc::Receiver<Arc<Vec<u8>>>,
         tx: mpsc::SyncSender<Vec<Work>>,
     ) -> Result<(), StreamError> {
         let pieces = &self.layout.pieces;

@@ -60,10 +60,12 @@ fi
 SUM=sha256:$(sha256sum "$QCOW" | cut -d' ' -f1)
 OUT=$DIR/out.raw
 
+rm -f "$DIR/server.url"
 "$KILN" agent serve-images --dir "$DIR/images" --cache-dir "$DIR" >"$DIR/server.url" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; rm -f "$OUT"' EXIT
 for _ in $(seq 50); do [[ -s $DIR/server.url ]] && break; sleep 0.1; done
+[[ -s $DIR/server.url ]] || die "the image server did not start"
 URL=$(cat "$DIR/server.url")stream-zstd.qcow2
 
 now() { date +%s.%N; }

@@ -153,13 +153,16 @@ fn run_write_image(args: WriteImageArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Print the URL prefix, then serve until killed.
+/// Print the URL prefix, then serve until SIGINT/SIGTERM.
 fn run_serve_images(args: ServeImagesArgs) -> Result<u8> {
     let cache = args.cache_dir.unwrap_or_else(|| args.dir.clone());
     let store = ImageStore::new(&args.dir, &cache)?;
     let server = LocalImageServer::start(store)?;
     println!("{}", server.url(""));
     std::io::Write::flush(&mut std::io::stdout())?;
-    server.wait();
+    while crate::util::interrupt::check().is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop(server);
     Ok(0)
 }

@@ -496,13 +496,6 @@ impl LocalImageServer {
     pub fn url(&self, name: &str) -> String {
         format!("http://{}{URL_PREFIX}{name}", self.addr)
     }
-
-    /// Serve until the process ends (for `kiln` benches run as a plain server).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Drop for LocalImageServer {

@@ -307,3 +307,32 @@ impl Builder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearby_tables_share_a_request_and_far_ones_do_not() {
+        let cs = 65536;
+        let tables = [(cs, 0), (2 * cs, 1), (4 * cs, 2), (64 << 20, 3)];
+        let groups = coalesce(&tables, cs);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].len(), 3);
+        assert_eq!(groups[1], &[(64 << 20, 3)]);
+        assert!(coalesce(&[], cs).is_empty());
+    }
+
+    #[test]
+    fn raw_images_are_cut_into_bounded_pieces() {
+        let l = raw_layout(9 << 20);
+        assert_eq!(l.pieces.len(), 3);
+        assert_eq!(l.pieces[2].len, 1 << 20);
+        assert!(
+            l.pieces
+                .iter()
+                .all(|p| p.host == p.guest && p.len <= MAX_RAW_PIECE)
+        );
+        assert!(l.holes.is_empty());
+    }
+}

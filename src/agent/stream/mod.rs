@@ -3,8 +3,8 @@
 //!
 //! The chain: HTTP body (resuming with Range requests) -> hash (every byte of the
 //! file) -> layout (which file bytes are which guest bytes) -> decompress -> target
-//! (first MiB held back until the checksum matched). Network reading and hashing
-//! run on one thread; parsing the stream on another; decompression and writes on
+//! (first MiB held back until the checksum matched). Network reading, hashing and
+//! parsing the stream each run on their own thread; decompression and writes on
 //! the rayon pool.
 
 pub mod checksum;
@@ -84,6 +84,8 @@ pub enum StreamError {
         expected: String,
         actual: String,
     },
+    #[error("{url}: interrupted at offset {offset}")]
+    Interrupted { url: String, offset: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -126,21 +128,24 @@ pub fn write_image(
     let image = HttpImage::open(source)?;
     let layout = layout::plan(&image)?;
     let disk = Target::open(target, layout.virtual_size)?;
+    let pool = match opts.threads {
+        Some(n) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+                .map_err(|e| StreamError::Internal(format!("cannot start {n} threads: {e}")))?,
+        ),
+        None => None,
+    };
     let job = Job {
         image: &image,
         layout: &layout,
         target: &disk,
         expected,
         opts,
+        pool: pool.as_ref(),
     };
-    let outcome = match opts.threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map_err(|e| StreamError::Internal(format!("cannot start {n} threads: {e}")))
-            .and_then(|pool| pool.install(|| job.run())),
-        None => job.run(),
-    };
+    let outcome = job.run();
     let finished = outcome.and_then(|(actual, resumes)| {
         if !expected.matches(&actual) {
             return Err(StreamError::ChecksumMismatch {
@@ -187,17 +192,24 @@ struct Job<'a> {
     target: &'a Target,
     expected: &'a Checksum,
     opts: &'a WriteOptions,
+    /// The pool for decompression and writes (None: rayon's global pool).
+    pool: Option<&'a rayon::ThreadPool>,
 }
 
-/// One unit of work for the pool: file bytes destined for a guest offset.
+/// One unit of work for the pool: pieces of file bytes that become one
+/// contiguous run of guest bytes at `guest`, written with one call.
 struct Work {
     guest: u64,
-    bytes: Vec<u8>,
-    kind: PieceKind,
+    guest_len: u64,
+    parts: Vec<(Vec<u8>, PieceKind)>,
 }
+
+/// Guest bytes gathered into one write at most (what convert writes at a time).
+const WRITE_RUN: u64 = 1 << 20;
 
 thread_local! {
     static CLUSTER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static RUN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Job<'_> {
@@ -207,13 +219,18 @@ impl Job<'_> {
         for &(start, len) in &self.layout.holes {
             self.target.zero_range(start, len)?;
         }
-        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Work>>(BATCHES_IN_FLIGHT);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || self.download(chunk_tx));
             let workers = scope.spawn(move || -> Result<(), StreamError> {
+                let apply_all =
+                    |batch: Vec<Work>| batch.into_par_iter().try_for_each(|w| self.apply(w));
                 for batch in batch_rx {
-                    batch.into_par_iter().try_for_each(|w| self.apply(w))?;
+                    match self.pool {
+                        Some(pool) => pool.install(|| apply_all(batch))?,
+                        None => apply_all(batch)?,
+                    }
                 }
                 Ok(())
             });
@@ -232,41 +249,66 @@ impl Job<'_> {
         })
     }
 
-    /// Network thread: read the body in order, hash every byte, pass chunks on.
-    fn download(&self, tx: mpsc::SyncSender<Vec<u8>>) -> Result<(String, u32), StreamError> {
+    /// Network thread: read the body in order and pass every chunk to the hash
+    /// thread (every byte of the file is hashed) and to the parser.
+    fn download(&self, tx: mpsc::SyncSender<Arc<Vec<u8>>>) -> Result<(String, u32), StreamError> {
         let mut body = self.image.stream()?;
-        let mut hasher = self.expected.hasher();
         let total = self.image.size;
-        loop {
-            let mut chunk = vec![0u8; CHUNK];
-            let n = crate::deploy::images::read_full(&mut body, &mut chunk).map_err(|e| {
-                StreamError::Http {
-                    url: self.image.url().to_string(),
-                    offset: body.position(),
-                    message: e.to_string(),
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let mut hasher = self.expected.hasher();
+        std::thread::scope(|scope| {
+            let hashing = scope.spawn(move || {
+                for chunk in hash_rx {
+                    hasher.update(&chunk);
                 }
-            })?;
-            if n == 0 {
-                break;
-            }
-            chunk.truncate(n);
-            hasher.update(&chunk);
-            if let Some(progress) = &self.opts.progress {
-                progress(body.position(), total);
-            }
-            if tx.send(chunk).is_err() {
-                // The parser stopped; its error is the one to report.
-                break;
-            }
-        }
-        Ok((hasher.finish(), body.resumes))
+                hasher.finish()
+            });
+            let received = (|| -> Result<(), StreamError> {
+                loop {
+                    let mut chunk = vec![0u8; CHUNK];
+                    let n =
+                        crate::deploy::images::read_full(&mut body, &mut chunk).map_err(|e| {
+                            StreamError::Http {
+                                url: self.image.url().to_string(),
+                                offset: body.position(),
+                                message: e.to_string(),
+                            }
+                        })?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if crate::util::interrupt::check().is_err() {
+                        return Err(StreamError::Interrupted {
+                            url: self.image.url().to_string(),
+                            offset: body.position(),
+                        });
+                    }
+                    chunk.truncate(n);
+                    let chunk = Arc::new(chunk);
+                    if let Some(progress) = &self.opts.progress {
+                        progress(body.position(), total);
+                    }
+                    // A closed channel: the parser stopped, and its error is the
+                    // one to report.
+                    if hash_tx.send(chunk.clone()).is_err() || tx.send(chunk).is_err() {
+                        return Ok(());
+                    }
+                }
+            })();
+            drop(hash_tx);
+            let digest = hashing
+                .join()
+                .map_err(|_| StreamError::Internal("hash thread panicked".into()))?;
+            received?;
+            Ok((digest, body.resumes))
+        })
     }
 
     /// Parser thread: follow the layout through the stream, cutting pieces out of
     /// a window of file bytes and batching them for the pool.
     fn parse(
         &self,
-        rx: mpsc::Receiver<Vec<u8>>,
+        rx: mpsc::Receiver<Arc<Vec<u8>>>,
         tx: mpsc::SyncSender<Vec<Work>>,
     ) -> Result<(), StreamError> {
         let pieces = &self.layout.pieces;
@@ -275,7 +317,7 @@ impl Job<'_> {
         let mut next = 0usize;
         // Bytes of pieces[next] already handed out (raw pieces go out in parts).
         let mut done = 0u64;
-        let mut batch = Vec::new();
+        let mut batch: Vec<Work> = Vec::new();
         let mut batch_bytes = 0u64;
         for chunk in rx {
             window.extend_from_slice(&chunk);
@@ -291,14 +333,32 @@ impl Job<'_> {
                 if ready_to <= from {
                     break;
                 }
+                if from < window_start {
+                    // Only possible if the layout's ordering were broken.
+                    return Err(StreamError::Internal(format!(
+                        "file offset {from} was already passed"
+                    )));
+                }
                 let slice =
                     &window[(from - window_start) as usize..(ready_to - window_start) as usize];
                 batch_bytes += slice.len() as u64;
-                batch.push(Work {
-                    guest: p.guest + done,
-                    bytes: slice.to_vec(),
-                    kind: p.kind,
-                });
+                let guest = p.guest + done;
+                let len = match p.kind {
+                    PieceKind::Raw => slice.len() as u64,
+                    PieceKind::Compressed { guest_len } => guest_len,
+                };
+                let part = (slice.to_vec(), p.kind);
+                match batch.last_mut() {
+                    Some(w) if w.guest + w.guest_len == guest && w.guest_len + len <= WRITE_RUN => {
+                        w.guest_len += len;
+                        w.parts.push(part);
+                    }
+                    _ => batch.push(Work {
+                        guest,
+                        guest_len: len,
+                        parts: vec![part],
+                    }),
+                }
                 if ready_to == to {
                     next += 1;
                     done = 0;
@@ -350,22 +410,51 @@ impl Job<'_> {
 
     /// Worker: decompress if needed and write to the target.
     fn apply(&self, work: Work) -> Result<(), StreamError> {
-        match work.kind {
-            PieceKind::Raw => self.target.write_at(work.guest, &work.bytes),
-            PieceKind::Compressed { guest_len } => CLUSTER.with_borrow_mut(|cluster| {
-                cluster.resize(self.layout.cluster_size as usize, 0);
-                decompress_cluster(self.layout.compression, &work.bytes, cluster).map_err(|e| {
-                    StreamError::Qcow2 {
-                        url: self.image.url().to_string(),
-                        source: Qcow2Error::Corrupt(format!(
-                            "compressed cluster for guest offset {}: {e}",
-                            work.guest
-                        )),
-                    }
-                })?;
-                self.target
-                    .write_at(work.guest, &cluster[..guest_len as usize])
-            }),
+        if let [(bytes, PieceKind::Raw)] = &work.parts[..] {
+            return self.target.write_at(work.guest, bytes);
         }
+        RUN.with_borrow_mut(|run| {
+            run.clear();
+            for (bytes, kind) in &work.parts {
+                match *kind {
+                    PieceKind::Raw => run.extend_from_slice(bytes),
+                    PieceKind::Compressed { guest_len } => {
+                        let at = work.guest + run.len() as u64;
+                        self.decompress(bytes, at, guest_len, run)?;
+                    }
+                }
+            }
+            self.target.write_at(work.guest, run)
+        })
+    }
+
+    /// Decompress one cluster and append its first `guest_len` bytes to `out`.
+    fn decompress(
+        &self,
+        packed: &[u8],
+        guest: u64,
+        guest_len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        let cs = self.layout.cluster_size as usize;
+        let corrupt = |e: crate::format::qcow2::compress::CompressError| StreamError::Qcow2 {
+            url: self.image.url().to_string(),
+            source: Qcow2Error::Corrupt(format!(
+                "compressed cluster for guest offset {guest}: {e}"
+            )),
+        };
+        let kind = self.layout.compression;
+        if guest_len as usize == cs {
+            let start = out.len();
+            out.resize(start + cs, 0);
+            return decompress_cluster(kind, packed, &mut out[start..]).map_err(corrupt);
+        }
+        // The disk's last cluster: decompress whole, keep the part inside the disk.
+        CLUSTER.with_borrow_mut(|cluster| {
+            cluster.resize(cs, 0);
+            decompress_cluster(kind, packed, cluster).map_err(corrupt)?;
+            out.extend_from_slice(&cluster[..guest_len as usize]);
+            Ok(())
+        })
     }
 }

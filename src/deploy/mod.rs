@@ -5,6 +5,7 @@
 pub mod api;
 pub mod conductor;
 pub mod images;
+pub mod metadata;
 pub mod import;
 pub mod plan;
 pub mod power;

@@ -6,6 +6,7 @@
 //! transaction each.
 
 mod agent;
+mod config;
 mod enroll;
 mod model;
 mod records;
@@ -27,6 +28,7 @@ pub use model::{
 };
 use row::{NODE_COLUMNS, from_json, normalize_mac, raw_node, to_json};
 pub use schema::SCHEMA_VERSION;
+pub use config::ConfigReport;
 pub use token::new_agent_token;
 
 /// How long a writer waits for another connection's lock before giving up.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::cache::{Cache, CacheError};
-use super::collect::{CollectError, Collector};
+use super::collect::{self, CollectError, Collector};
 use super::lock::{ApplyLock, LockError};
 use super::refresh::{self, RefreshError};
 use super::render::{self, RenderError};
@@ -58,25 +58,56 @@ pub fn lock_path(cache_dir: &std::path::Path) -> PathBuf {
 
 /// One collect / render / refresh round.
 pub fn apply_once(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
+    apply_collecting(opts, &mut None)
+}
+
+/// A source that cannot be reached (the conductor down, the network not up
+/// yet) does not stop the others: its last collected copy stands in for it.
+fn collect_or_cached(
+    source: &dyn Collector,
+    cache: &Cache,
+    earlier: &Value,
+) -> Result<Option<Value>, ApplyError> {
+    let name = source.name().to_string();
+    match source.collect_after(earlier) {
+        Ok(data) => Ok(data),
+        Err(error @ CollectError::Unreachable { .. }) => {
+            eprintln!("kiln: warning: source {name} unavailable, using its last copy: {error}");
+            collect::read_json(&cache.current_path(&name)).map_err(|error| ApplyError::Collect {
+                source_name: name,
+                error,
+            })
+        }
+        Err(error) => Err(ApplyError::Collect {
+            source_name: name,
+            error,
+        }),
+    }
+}
+
+/// [`apply_once`], leaving the merged metadata in `merged_out` once collected
+/// (the report needs it, also when render or refresh fails).
+fn apply_collecting(
+    opts: &ApplyOptions,
+    merged_out: &mut Option<Value>,
+) -> Result<ApplyOutcome, ApplyError> {
     let _lock = ApplyLock::acquire(&lock_path(&opts.cache_dir))?;
     let cache = Cache::open(&opts.cache_dir)?;
     let mut collected: Vec<(String, Value)> = Vec::new();
     let mut changed = false;
     for source in &opts.sources {
         let name = source.name().to_string();
-        let data = source.collect().map_err(|error| ApplyError::Collect {
-            source_name: name.clone(),
-            error,
-        })?;
-        if let Some(data) = data {
+        let earlier = value::merge_documents(collected.iter().map(|(_, v)| v));
+        if let Some(data) = collect_or_cached(source.as_ref(), &cache, &earlier)? {
             changed |= cache.store(&name, &data)?;
             collected.push((name, data));
         }
     }
+    let merged = value::merge_documents(collected.iter().map(|(_, v)| v));
+    *merged_out = Some(merged.clone());
     if !changed {
         return Ok(ApplyOutcome::Unchanged);
     }
-    let merged = value::merge_documents(collected.iter().map(|(_, v)| v));
     render::install(&opts.templates, &merged, &opts.output_root)?;
     // Refresh scripts that call os-apply-config --key find the metadata here.
     let files: Vec<String> = collected
@@ -97,9 +128,11 @@ pub fn apply_once(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
 /// [`apply_once`], then tell the reporter how it went. A report that cannot
 /// be sent is logged and does not change the result.
 pub fn apply_and_report(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
-    let result = apply_once(opts);
-    if let (Some(reporter), Some(report)) = (&opts.reporter, ApplyReport::from_result(&result))
-        && let Err(e) = reporter.report(&report)
+    let mut merged = None;
+    let result = apply_collecting(opts, &mut merged);
+    if let (Some(reporter), Some(metadata)) = (&opts.reporter, &merged)
+        && let Some(report) = ApplyReport::from_result(&result, Some(metadata))
+        && let Err(e) = reporter.report(&report, metadata)
     {
         eprintln!("kiln: warning: {e}");
     }

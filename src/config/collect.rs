@@ -217,13 +217,14 @@ impl Collector for Http {
         {
             return Ok(Some(value.clone()));
         }
-        let body = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|err| CollectError::Unreachable {
-                url: url.clone(),
-                message: format!("reading the answer: {err}"),
-            })?;
+        let body =
+            response
+                .body_mut()
+                .read_to_string()
+                .map_err(|err| CollectError::Unreachable {
+                    url: url.clone(),
+                    message: format!("reading the answer: {err}"),
+                })?;
         if status != 200 {
             return Err(CollectError::Refused {
                 url,

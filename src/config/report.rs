@@ -146,10 +146,12 @@ impl Reporter for HttpReporter {
         if let Some(token) = &token {
             request = request.header(CONFIG_TOKEN_HEADER, token);
         }
-        let mut response = request.send(&body).map_err(|err| ReportError::Unreachable {
-            url: url.clone(),
-            message: err.to_string(),
-        })?;
+        let mut response = request
+            .send(&body)
+            .map_err(|err| ReportError::Unreachable {
+                url: url.clone(),
+                message: err.to_string(),
+            })?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(());
@@ -175,7 +177,9 @@ mod tests {
         .unwrap();
         let report = ApplyReport {
             status: ReportStatus::Failed,
-            failed_script: Some(PathBuf::from("/usr/libexec/os-refresh-config/configure.d/20-x")),
+            failed_script: Some(PathBuf::from(
+                "/usr/libexec/os-refresh-config/configure.d/20-x",
+            )),
             message: Some("exit 3".into()),
             metadata_sha256: kiln_setting(&metadata, "metadata_sha256").map(str::to_string),
         };

@@ -163,8 +163,9 @@ fn serve_metadata(conductor: &Conductor, request: Request, uuid: &str) {
     match conductor.node_metadata(uuid, token.as_deref()) {
         Ok(served) => {
             let unchanged = header(&request, "If-None-Match").is_some_and(|tags| {
-                tags.split(',')
-                    .any(|tag| tag.trim().trim_start_matches("W/").trim_matches('"') == served.sha256)
+                tags.split(',').any(|tag| {
+                    tag.trim().trim_start_matches("W/").trim_matches('"') == served.sha256
+                })
             });
             if unchanged {
                 respond(request, 304, Vec::new(), Some(&served.sha256));
@@ -181,7 +182,12 @@ fn serve_metadata(conductor: &Conductor, request: Request, uuid: &str) {
                     allowed: err.allowed(),
                 },
             };
-            respond(request, status, serde_json::to_vec(&body).unwrap_or_default(), None);
+            respond(
+                request,
+                status,
+                serde_json::to_vec(&body).unwrap_or_default(),
+                None,
+            );
         }
     }
 }

@@ -5,8 +5,8 @@
 pub mod api;
 pub mod conductor;
 pub mod images;
-pub mod metadata;
 pub mod import;
+pub mod metadata;
 pub mod plan;
 pub mod power;
 pub mod protocol;

@@ -91,7 +91,10 @@ impl Conductor {
             } else {
                 "no config token"
             };
-            eprintln!("kiln conductor: node {}: config call refused: {why}", node.name);
+            eprintln!(
+                "kiln conductor: node {}: config call refused: {why}",
+                node.name
+            );
             return Err(ConductorError::Unauthorized(format!(
                 "node {}: {why} (X-Config-Token)",
                 node.name

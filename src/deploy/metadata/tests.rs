@@ -53,7 +53,10 @@ fn metadata_merges_plan_role_and_node_config_under_the_identity() {
     let nodes = deployed(PLAN);
     let a = &nodes[0];
     let metadata = node_metadata(a).unwrap();
-    assert_eq!(metadata["ntp"], json!({"servers": ["10.0.0.1"], "prefer": true}));
+    assert_eq!(
+        metadata["ntp"],
+        json!({"servers": ["10.0.0.1"], "prefer": true})
+    );
     assert_eq!(metadata["dns"], "10.0.0.54", "the per-node override wins");
     assert_eq!(metadata["kiln"]["role"], "Controller");
     assert_eq!(metadata["kiln"]["index"], 0);
@@ -91,7 +94,10 @@ fn drive_config_adds_endpoints_and_the_served_bytes_hash() {
     // The hash is of the bytes served, checked with sha256sum's algorithm via sha2
     // over the served text (keys sorted, compact).
     let served = String::from_utf8(metadata_bytes(&metadata)).unwrap();
-    assert!(served.starts_with(r#"{"dns":"10.0.0.54","kiln":{"deployment":"oc""#), "{served}");
+    assert!(
+        served.starts_with(r#"{"dns":"10.0.0.54","kiln":{"deployment":"oc""#),
+        "{served}"
+    );
     let expected: String = Sha256::digest(served.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -103,9 +109,10 @@ fn drive_config_adds_endpoints_and_the_served_bytes_hash() {
 #[test]
 fn update_allows_config_and_hostname_changes() {
     let nodes = deployed(PLAN);
-    let changed = PLAN
-        .replace("10.0.0.1]", "10.9.9.9]")
-        .replace("count: 1, image: full}", "count: 1, image: full, hostname_format: \"cpu-%index%\"}");
+    let changed = PLAN.replace("10.0.0.1]", "10.9.9.9]").replace(
+        "count: 1, image: full}",
+        "count: 1, image: full, hostname_format: \"cpu-%index%\"}",
+    );
     let plan = parse_plan(&changed, "p.yaml").unwrap();
     let updated = updated_instance_infos(&plan, &nodes).unwrap();
     assert_eq!(updated.len(), 2);
@@ -128,19 +135,37 @@ fn update_refuses_image_count_and_role_changes() {
         matches!(&image, UpdateRefused::Changed { field: "image", node, .. } if node == "b"),
         "{image}"
     );
-    assert!(image.to_string().contains("full.qcow2 to other.qcow2"), "{image}");
+    assert!(
+        image.to_string().contains("full.qcow2 to other.qcow2"),
+        "{image}"
+    );
     let grow = refuse(PLAN.replace("count: 1, image: full}", "count: 2, image: full}"));
-    assert!(matches!(grow, UpdateRefused::CountIncreased { deployed: 1, .. }), "{grow}");
+    assert!(
+        matches!(grow, UpdateRefused::CountIncreased { deployed: 1, .. }),
+        "{grow}"
+    );
     let shrink = refuse(PLAN.replace("count: 1, image: full}", "count: 0, image: full}"));
-    assert!(matches!(shrink, UpdateRefused::CountReduced { .. }), "{shrink}");
+    assert!(
+        matches!(shrink, UpdateRefused::CountReduced { .. }),
+        "{shrink}"
+    );
     let renamed = refuse(PLAN.replace("name: Compute", "name: Worker"));
-    assert!(matches!(renamed, UpdateRefused::RoleRemoved { .. }), "{renamed}");
+    assert!(
+        matches!(renamed, UpdateRefused::RoleRemoved { .. }),
+        "{renamed}"
+    );
     let hints = refuse(PLAN.replace(
         "count: 1, image: full}",
         "count: 1, image: full, root_device: {name: /dev/vdb}}",
     ));
     assert!(
-        matches!(hints, UpdateRefused::Changed { field: "root_device", .. }),
+        matches!(
+            hints,
+            UpdateRefused::Changed {
+                field: "root_device",
+                ..
+            }
+        ),
         "{hints}"
     );
 }

@@ -71,7 +71,14 @@ impl Store {
             let changed = conn.execute(
                 "UPDATE node_config SET state = ?2, script = ?3, message = ?4, \
                  metadata_sha256 = ?5, reported_at = ?6 WHERE node_uuid = ?1",
-                params![uuid, state.as_str(), script, message, metadata_sha256, now()],
+                params![
+                    uuid,
+                    state.as_str(),
+                    script,
+                    message,
+                    metadata_sha256,
+                    now()
+                ],
             )?;
             if changed == 0 {
                 return Err(StoreError::Corrupt {
@@ -87,14 +94,28 @@ impl Store {
     /// The node's last config report, if it sent one.
     pub fn config_report(&self, node: &str) -> Result<Option<ConfigReport>> {
         let uuid = Self::uuid_of(&self.conn, node)?;
-        type Row = (Option<String>, Option<String>, Option<String>, Option<String>, Option<i64>);
+        type Row = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        );
         let row: Option<Row> = self
             .conn
             .query_row(
                 "SELECT state, script, message, metadata_sha256, reported_at FROM node_config \
                  WHERE node_uuid = ?1",
                 [&uuid],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
             )
             .optional()?;
         let Some((Some(state), script, message, Some(metadata_sha256), Some(time))) = row else {

@@ -22,13 +22,13 @@ use uuid::Uuid;
 
 use crate::deploy::state::{self, Event, ProvisionState, TransitionError};
 
+pub use config::ConfigReport;
 pub use model::{
     Deployment, Driver, DriverInfo, InFlight, InstanceInfo, NewNode, Node, PowerState, Progress,
     Properties, QemuFirmware, StoredInventory, TimelineEvent,
 };
 use row::{NODE_COLUMNS, from_json, normalize_mac, raw_node, to_json};
 pub use schema::SCHEMA_VERSION;
-pub use config::ConfigReport;
 pub use token::new_agent_token;
 
 /// How long a writer waits for another connection's lock before giving up.

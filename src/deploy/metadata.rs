@@ -114,11 +114,10 @@ pub enum UpdateRefused {
         deployed: u32,
     },
     #[error(
-        "plan {plan}: node {node} ({role} {index}): {field} changes from {old} to {new}; \
+        "node {node} ({role} {index}): {field} changes from {old} to {new}; \
          only config and hostname can change on deployed nodes (redeploy for this)"
     )]
     Changed {
-        plan: String,
         node: String,
         role: String,
         index: u32,
@@ -165,7 +164,6 @@ pub fn updated_instance_infos(
         }
         let new = plan::assign(plan, role, index, node).instance_info(&plan.name);
         let changed = |field: &'static str, old: String, new: String| UpdateRefused::Changed {
-            plan: plan.name.clone(),
             node: node.name.clone(),
             role: role.name.clone(),
             index,

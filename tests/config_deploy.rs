@@ -450,3 +450,174 @@ fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
     assert_eq!(status, 401);
     assert_eq!(node(&url, "ctl")["config"]["state"], "config failed");
 }
+
+// ---- the role-config element ----------------------------------------------
+
+/// The hooks folder of a build of `elements` (dib-helpers comes with every build).
+fn hooks(scratch: &Path, elements: &[&str]) -> PathBuf {
+    use kiln::element::{Hooks, ResolveOptions, SearchPath, resolve, shipped_elements_dir};
+    let catalog = SearchPath::new(&[], None, Some(shipped_elements_dir()))
+        .scan()
+        .unwrap();
+    let request: Vec<String> = elements.iter().map(|s| s.to_string()).collect();
+    let resolved = resolve(
+        &catalog,
+        &request,
+        &ResolveOptions::for_build(true, "amd64"),
+    )
+    .unwrap();
+    let dir = scratch.join("hooks");
+    Hooks::assemble(&resolved, &dir).unwrap();
+    dir
+}
+
+/// Runs a host-phase hook the way a build does: bash, TARGET_ROOT, the hooks'
+/// bin/ on PATH only through the script itself.
+fn run_root_d(
+    hooks: &Path,
+    script: &str,
+    root: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = Command::new("bash");
+    command
+        .arg(hooks.join("root.d").join(script))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("TARGET_ROOT", root)
+        .env("KILN", KILN)
+        .env("DIB_KILN_STRIP", "0");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// A root with only busybox-static as /bin/sh and an rc.d folder: no C library.
+fn bare_busybox_root(root: &Path) {
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc/rc.d")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static installed");
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+}
+
+fn version_in(root: &Path) -> String {
+    let out = run(Command::new("chroot")
+        .arg(root)
+        .args(["/usr/bin/kiln", "--version"]));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn role_config_on_busybox_init_runs_kiln_with_its_own_libraries() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = hooks(dir.path(), &["busybox-minimal", "role-config"]);
+    let root = dir.path().join("root");
+    bare_busybox_root(&root);
+    let out = run_root_d(&hooks, "60-role-config", &root, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let want = String::from_utf8(run(Command::new(KILN).arg("--version")).stdout).unwrap();
+    // No C library in the root: kiln runs through its bundled loader.
+    assert!(!root.join("lib/x86_64-linux-gnu/libc.so.6").exists());
+    assert_eq!(version_in(&root), want.trim());
+    let hook = std::fs::read_to_string(root.join("etc/rc.d/S90kiln-config")).unwrap();
+    assert!(
+        hook.contains("kiln config apply --polling-interval 30"),
+        "{hook}"
+    );
+    let mode = std::fs::metadata(root.join("etc/rc.d/S90kiln-config"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let cache = std::fs::metadata(root.join("var/lib/kiln-config"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(cache & 0o777, 0o700);
+    assert!(
+        root.join("usr/libexec/os-refresh-config/configure.d")
+            .is_dir()
+    );
+    assert!(root.join("usr/libexec/os-apply-config/templates").is_dir());
+    // The hook runs `kiln config apply` in the background and returns.
+    let out =
+        run(Command::new("chroot")
+            .arg(&root)
+            .args(["/bin/sh", "-n", "/etc/rc.d/S90kiln-config"]));
+    assert!(out.status.success());
+}
+
+#[test]
+fn role_config_on_systemd_enables_the_unit_and_checks_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = hooks(dir.path(), &["busybox-minimal", "role-config"]);
+    let root = dir.path().join("root");
+    bare_busybox_root(&root);
+    std::fs::create_dir_all(root.join("lib/systemd")).unwrap();
+    std::fs::write(root.join("lib/systemd/systemd"), "").unwrap();
+    let out = run_root_d(
+        &hooks,
+        "60-role-config",
+        &root,
+        &[("DIB_KILN_CONFIG_POLLING_INTERVAL", "45")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/kiln-config.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/kiln config apply --polling-interval 45"),
+        "{unit}"
+    );
+    assert!(unit.contains("After=network-online.target"), "{unit}");
+    let link = std::fs::read_link(
+        root.join("etc/systemd/system/multi-user.target.wants/kiln-config.service"),
+    )
+    .unwrap();
+    assert_eq!(link, Path::new("/etc/systemd/system/kiln-config.service"));
+    assert!(!root.join("etc/rc.d/S90kiln-config").exists());
+    let out = run_root_d(
+        &hooks,
+        "60-role-config",
+        &root,
+        &[("DIB_KILN_CONFIG_POLLING_INTERVAL", "soon")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DIB_KILN_CONFIG_POLLING_INTERVAL='soon'"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn kiln_agent_still_installs_kiln_at_the_hosts_library_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = hooks(dir.path(), &["kiln-agent"]);
+    let root = dir.path().join("root");
+    bare_busybox_root(&root);
+    let out = run_root_d(
+        &hooks,
+        "50-kiln-agent",
+        &root,
+        &[("DIB_KILN_AGENT_MODULES", "virtio_blk")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let ldd = String::from_utf8(run(Command::new("ldd").arg(KILN)).stdout).unwrap();
+    let libc = ldd
+        .lines()
+        .find_map(|line| {
+            line.split_whitespace()
+                .nth(2)
+                .filter(|p| p.contains("libc.so"))
+        })
+        .unwrap()
+        .to_string();
+    assert!(root.join(libc.trim_start_matches('/')).is_file(), "{libc}");
+    assert!(!root.join("usr/lib/kiln").exists());
+    let want = String::from_utf8(run(Command::new(KILN).arg("--version")).stdout).unwrap();
+    assert_eq!(version_in(&root), want.trim());
+}

@@ -249,3 +249,103 @@ pub(crate) fn error_message(body: &str) -> String {
         .map(|error| error.error.message)
         .unwrap_or_else(|_| body.trim().chars().take(200).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A metadata server answering like the conductor: the body with its
+    /// SHA-256 as ETag, 304 for a matching If-None-Match, 401 without the
+    /// token. Records (token, If-None-Match) of every request.
+    fn server(body: &'static str) -> (String, Arc<Mutex<Vec<(Option<String>, Option<String>)>>>) {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/meta", server.server_addr().to_ip().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let etag = sha256_hex(body.as_bytes());
+            for request in server.incoming_requests() {
+                let get = |name: &'static str| {
+                    request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv(name))
+                        .map(|h| h.value.to_string())
+                };
+                let (token, tag) = (get(CONFIG_TOKEN_HEADER), get("If-None-Match"));
+                log.lock().unwrap().push((token.clone(), tag.clone()));
+                let response = if token.as_deref() != Some("tok") {
+                    tiny_http::Response::from_string(
+                        r#"{"error": {"code": 401, "message": "wrong config token"}}"#,
+                    )
+                    .with_status_code(401)
+                } else if tag == Some(format!("\"{etag}\"")) {
+                    tiny_http::Response::from_string("").with_status_code(304)
+                } else {
+                    tiny_http::Response::from_string(body)
+                };
+                let _ = request.respond(response);
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn http_takes_url_and_token_from_earlier_sources_and_revalidates_with_the_etag() {
+        let body = r#"{"motd": "hi", "kiln": {"role": "Compute"}}"#;
+        let (url, seen) = server(body);
+        let earlier = Value::from_json(&format!(
+            r#"{{"kiln": {{"metadata_url": "{url}", "config_token": "tok"}}}}"#
+        ))
+        .unwrap();
+        let http = Http::new(None, None);
+        assert_eq!(
+            http.collect_after(&Value::empty_map()).unwrap(),
+            None,
+            "no URL: nothing"
+        );
+        let first = http.collect_after(&earlier).unwrap().unwrap();
+        let second = http.collect_after(&earlier).unwrap().unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.get("motd"), Some(&Value::Str("hi".into())));
+        let sha = sha256_hex(body.as_bytes());
+        assert_eq!(kiln_setting(&first, "metadata_sha256"), Some(sha.as_str()));
+        assert_eq!(kiln_setting(&first, "role"), Some("Compute"));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (Some("tok".to_string()), None),
+                (Some("tok".to_string()), Some(format!("\"{sha}\""))),
+            ]
+        );
+    }
+
+    #[test]
+    fn http_refusals_and_unreachable_conductors_are_told_apart() {
+        let (url, _) = server("{}");
+        let wrong = Http::new(Some(url.clone()), Some("nope".into()));
+        match wrong.collect() {
+            Err(CollectError::Refused {
+                status: 401,
+                message,
+                ..
+            }) => {
+                assert_eq!(message, "wrong config token")
+            }
+            other => panic!("expected a 401 refusal, got {other:?}"),
+        }
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let gone = Http::new(Some(format!("http://127.0.0.1:{port}/meta")), None);
+        assert!(matches!(
+            gone.collect(),
+            Err(CollectError::Unreachable { .. })
+        ));
+    }
+}

@@ -34,6 +34,16 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
+    /// Success for `metadata` (applied now or before).
+    pub fn configured(metadata: &Value) -> ApplyReport {
+        ApplyReport {
+            status: ReportStatus::Configured,
+            failed_script: None,
+            message: None,
+            metadata_sha256: kiln_setting(metadata, "metadata_sha256").map(str::to_string),
+        }
+    }
+
     /// The report for an apply result; None when there is nothing new to
     /// say (metadata unchanged, or another apply holds the lock).
     pub fn from_result(

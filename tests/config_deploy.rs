@@ -28,7 +28,7 @@ impl Drop for Running {
 }
 
 /// `kiln conductor` on a free loopback port; its URL.
-fn start_conductor(dir: &Path) -> (Running, String) {
+fn start_conductor(dir: &Path, extra: &[&str]) -> (Running, String) {
     let mut child = Command::new(KILN)
         .args([
             "conductor",
@@ -41,6 +41,7 @@ fn start_conductor(dir: &Path) -> (Running, String) {
         .arg(dir.join("state.db"))
         .arg("--images")
         .arg(dir.join("images"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -69,6 +70,7 @@ fn call_raw(
 ) -> (u16, Option<String>, String) {
     let agent = http();
     let response = match method {
+        "DELETE" => agent.delete(url).call(),
         "GET" => {
             let mut request = agent.get(url);
             for (name, value) in headers {
@@ -228,11 +230,11 @@ impl Node {
     }
 }
 
-#[test]
-fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
-    let dir = tempfile::tempdir().unwrap();
-    make_image(dir.path());
-    let (_conductor, url) = start_conductor(dir.path());
+/// A conductor (with `extra` options) that deployed `plan("one")` onto one
+/// simulated node "ctl"; the node's disk file.
+fn deploy_one(dir: &Path, extra: &[&str]) -> (Running, String, PathBuf) {
+    make_image(dir);
+    let (conductor, url) = start_conductor(dir, extra);
     let import = json!([{"name": "ctl", "pm_type": "manual",
                          "ports": [{"address": "52:54:00:00:02:01"}],
                          "capabilities": "profile:control"}]);
@@ -261,7 +263,7 @@ fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
         &[],
     );
     assert_eq!(status, 202, "{body}");
-    let disk = dir.path().join("ctl.img");
+    let disk = dir.join("ctl.img");
     {
         let _agent = Running(
             Command::new(KILN)
@@ -281,6 +283,13 @@ fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
         );
         wait_for(&url, "ctl", "active");
     }
+    (conductor, url, disk)
+}
+
+#[test]
+fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_conductor, url, disk) = deploy_one(dir.path(), &[]);
     let uuid = node(&url, "ctl")["uuid"].as_str().unwrap().to_string();
     assert!(node(&url, "ctl")["config"].is_null(), "no report yet");
 
@@ -449,6 +458,36 @@ fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
     let (status, _) = call("POST", &status_url, Some(&forged), &[]);
     assert_eq!(status, 401);
     assert_eq!(node(&url, "ctl")["config"]["state"], "config failed");
+
+    // Undeploy: the node's token and config state are forgotten.
+    let (status, body) = call("DELETE", &deployments, None, &[]);
+    assert_eq!(status, 202, "{body}");
+    let gone = wait_for(&url, "ctl", "available");
+    assert!(gone["config"].is_null(), "{gone}");
+    let (status, _, _) = call_raw("GET", &metadata_url, None, &[("X-Config-Token", &token)]);
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn the_config_drive_points_nodes_at_the_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_conductor, url, disk) = deploy_one(dir.path(), &["--public-url", "http://10.0.2.100/"]);
+    let uuid = node(&url, "ctl")["uuid"].as_str().unwrap().to_string();
+    let drive = dir.path().join("config-2.img");
+    extract_config_drive(&disk, &drive);
+    let out = run(Command::new("mtype")
+        .arg("-i")
+        .arg(&drive)
+        .arg("::openstack/latest/kiln_config.json"));
+    let kiln_config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        kiln_config["kiln"]["metadata_url"],
+        format!("http://10.0.2.100/v1/nodes/{uuid}/metadata")
+    );
+    assert_eq!(
+        kiln_config["kiln"]["status_url"],
+        format!("http://10.0.2.100/v1/nodes/{uuid}/config-status")
+    );
 }
 
 // ---- the role-config element ----------------------------------------------

@@ -258,7 +258,10 @@ mod tests {
     /// A metadata server answering like the conductor: the body with its
     /// SHA-256 as ETag, 304 for a matching If-None-Match, 401 without the
     /// token. Records (token, If-None-Match) of every request.
-    fn server(body: &'static str) -> (String, Arc<Mutex<Vec<(Option<String>, Option<String>)>>>) {
+    /// (config token, If-None-Match) of each request.
+    type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+    fn server(body: &'static str) -> (String, Seen) {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let url = format!("http://{}/meta", server.server_addr().to_ip().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -61,6 +61,25 @@ pub fn apply_once(opts: &ApplyOptions) -> Result<ApplyOutcome, ApplyError> {
     apply_collecting(opts, &mut None)
 }
 
+/// The cache folder, created root-only: its copies hold the node's config
+/// token. An existing folder keeps its mode (the operator's choice).
+fn create_private_dir(dir: &std::path::Path) -> Result<(), ApplyError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| {
+            ApplyError::Cache(CacheError {
+                path: dir.to_path_buf(),
+                source,
+            })
+        })
+}
+
 /// A source that cannot be reached (the conductor down, the network not up
 /// yet) does not stop the others: its last collected copy stands in for it.
 fn collect_or_cached(
@@ -91,6 +110,7 @@ fn apply_collecting(
     opts: &ApplyOptions,
     merged_out: &mut Option<Value>,
 ) -> Result<ApplyOutcome, ApplyError> {
+    create_private_dir(&opts.cache_dir)?;
     let _lock = ApplyLock::acquire(&lock_path(&opts.cache_dir))?;
     let cache = Cache::open(&opts.cache_dir)?;
     let mut collected: Vec<(String, Value)> = Vec::new();

@@ -40,6 +40,10 @@ pub struct ConductorArgs {
     /// qemu nodes: the deploy ramdisk's initramfs
     #[arg(long, requires = "deploy_kernel")]
     deploy_initramfs: Option<PathBuf>,
+    /// The conductor's URL as deployed nodes reach it, for their role config
+    /// (e.g. http://10.0.2.100:6385 for qemu nodes; default: the listen address)
+    #[arg(long)]
+    public_url: Option<String>,
     /// qemu nodes: extra kernel command line
     #[arg(long, default_value = "console=ttyS0")]
     kernel_append: String,
@@ -54,11 +58,13 @@ pub fn run(args: ConductorArgs) -> Result<u8> {
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval.max(1)),
         clean: args.clean,
         qemu: None,
+        public_url: None,
     };
     // Bound first, so qemu nodes are told the real port.
     let listener = std::net::TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    config.public_url = Some(args.public_url.unwrap_or_else(|| format!("http://{addr}")));
     if let (Some(kernel), Some(initramfs)) = (args.deploy_kernel, args.deploy_initramfs) {
         let state_dir = args
             .state

@@ -106,13 +106,16 @@ pub struct ApplyArgs {
     /// Do not look for a config drive
     #[arg(long = "no-config-drive")]
     no_config_drive: bool,
-    /// Conductor metadata URL
+    /// Conductor metadata URL (default: the one in the config drive's kiln_config.json)
     #[arg(long = "metadata-url")]
     metadata_url: Option<String>,
+    /// Config token for the conductor (default: the one in the config drive)
+    #[arg(long = "config-token")]
+    config_token: Option<String>,
     /// Folder of local JSON files, merged last
     #[arg(long = "local-dir")]
     local_dir: Option<PathBuf>,
-    /// Conductor URL to report success or failure to
+    /// Conductor URL to report success or failure to (default: the config drive's status_url)
     #[arg(long = "report")]
     report: Option<String>,
 }
@@ -157,9 +160,9 @@ fn run_apply(args: ApplyArgs) -> Result<u8> {
         };
         sources.push(Box::new(ConfigDrive { location }));
     }
-    if let Some(url) = args.metadata_url {
-        sources.push(Box::new(Http { url }));
-    }
+    // The conductor's metadata: the given URL, or the one the config drive names.
+    let config_token = args.config_token.clone();
+    sources.push(Box::new(Http::new(args.metadata_url, args.config_token)));
     if let Some(dir) = args.local_dir {
         sources.push(Box::new(LocalDir { dir }));
     }
@@ -169,9 +172,10 @@ fn run_apply(args: ApplyArgs) -> Result<u8> {
         output_root: args.output,
         refresh_base: args.refresh_dir.unwrap_or_else(refresh::default_base_dir),
         sources,
-        reporter: args
-            .report
-            .map(|url| Box::new(HttpReporter { url }) as Box<dyn Reporter>),
+        reporter: Some(Box::new(HttpReporter {
+            url: args.report,
+            token: config_token,
+        }) as Box<dyn Reporter>),
     };
     if !args.one_time {
         apply::poll(

@@ -13,8 +13,8 @@ use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 
 use crate::deploy::conductor::{Conductor, ConductorError};
 use crate::deploy::protocol::{
-    AGENT_TOKEN_HEADER, ErrorBody, ErrorDetail, HeartbeatRequest, LookupRequest, PowerRequest,
-    ProvisionRequest,
+    AGENT_TOKEN_HEADER, CONFIG_TOKEN_HEADER, ConfigStatusRequest, ErrorBody, ErrorDetail,
+    HeartbeatRequest, LookupRequest, PowerRequest, ProvisionRequest,
 };
 
 /// Request bodies larger than this are refused (instackenv files and plans are small).
@@ -78,7 +78,23 @@ fn handle(conductor: &Conductor, mut request: Request) {
         return;
     }
     let method = request.method().clone();
+    if method == Method::Get
+        && let Some(uuid) = metadata_path(&path)
+    {
+        serve_metadata(conductor, request, &uuid);
+        return;
+    }
     let reply = read_body(&mut request).and_then(|body| {
+        if let Some(uuid) = config_status_path(&path)
+            && method == Method::Post
+        {
+            let token = header(&request, CONFIG_TOKEN_HEADER);
+            let report: ConfigStatusRequest = parse(&body)?;
+            return ok(
+                200,
+                &conductor.config_status(&uuid, token.as_deref(), &report)?,
+            );
+        }
         let token = header(&request, AGENT_TOKEN_HEADER);
         route(conductor, &method, &path, &body, token.as_deref())
     });
@@ -102,11 +118,77 @@ fn handle(conductor: &Conductor, mut request: Request) {
     let bytes = body
         .map(|body| serde_json::to_vec(&body).unwrap_or_default())
         .unwrap_or_default();
-    let response = Response::from_data(bytes)
+    respond(request, status, bytes, None);
+}
+
+/// Sends a JSON answer (with an ETag when given), logging a failure to send.
+fn respond(request: Request, status: u16, bytes: Vec<u8>, etag: Option<&str>) {
+    let method = request.method().clone();
+    let path = request.url().to_string();
+    let mut response = Response::from_data(bytes)
         .with_status_code(StatusCode(status))
         .with_header(json_header());
+    if let Some(etag) = etag
+        && let Ok(header) = Header::from_bytes(&b"ETag"[..], format!("\"{etag}\"").as_bytes())
+    {
+        response = response.with_header(header);
+    }
     if let Err(err) = request.respond(response) {
         eprintln!("kiln conductor: {method} {path}: cannot answer: {err}");
+    }
+}
+
+/// `/v1/nodes/{uuid}/metadata` -> uuid.
+fn metadata_path(path: &str) -> Option<String> {
+    node_subpath(path, "metadata")
+}
+
+/// `/v1/nodes/{uuid}/config-status` -> uuid.
+fn config_status_path(path: &str) -> Option<String> {
+    node_subpath(path, "config-status")
+}
+
+fn node_subpath(path: &str, leaf: &str) -> Option<String> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match parts.as_slice() {
+        ["v1", "nodes", uuid, last] if *last == leaf => Some(uuid.to_string()),
+        _ => None,
+    }
+}
+
+/// GET /v1/nodes/{uuid}/metadata: the node's metadata with its SHA-256 as the
+/// ETag; 304 without a body when If-None-Match names the current one.
+fn serve_metadata(conductor: &Conductor, request: Request, uuid: &str) {
+    let token = header(&request, CONFIG_TOKEN_HEADER);
+    match conductor.node_metadata(uuid, token.as_deref()) {
+        Ok(served) => {
+            let unchanged = header(&request, "If-None-Match").is_some_and(|tags| {
+                tags.split(',').any(|tag| {
+                    tag.trim().trim_start_matches("W/").trim_matches('"') == served.sha256
+                })
+            });
+            if unchanged {
+                respond(request, 304, Vec::new(), Some(&served.sha256));
+            } else {
+                respond(request, 200, served.body, Some(&served.sha256));
+            }
+        }
+        Err(err) => {
+            let status = err.status();
+            let body = ErrorBody {
+                error: ErrorDetail {
+                    code: status,
+                    message: err.to_string(),
+                    allowed: err.allowed(),
+                },
+            };
+            respond(
+                request,
+                status,
+                serde_json::to_vec(&body).unwrap_or_default(),
+                None,
+            );
+        }
     }
 }
 
@@ -154,7 +236,7 @@ fn route(
     match (method, parts.as_slice()) {
         (Get, ["v1", "nodes"]) => ok(200, &json!({"nodes": conductor.nodes()?})),
         (Post, ["v1", "nodes"]) => ok(201, &json!({"nodes": conductor.create_nodes(body)?})),
-        (Get, ["v1", "nodes", id]) => ok(200, &conductor.node(id)?),
+        (Get, ["v1", "nodes", id]) => ok(200, &conductor.node_view(id)?),
         (Delete, ["v1", "nodes", id]) => {
             conductor.delete_node(id)?;
             Ok(Reply {
@@ -181,6 +263,7 @@ fn route(
             ok(200, &json!({"deployments": conductor.deployment_names()?}))
         }
         (Get, ["v1", "deployments", name]) => ok(200, &conductor.deployment(name)?),
+        (Put, ["v1", "deployments", name]) => ok(200, &conductor.update_deployment(name, body)?),
         (Delete, ["v1", "deployments", name]) => ok(202, &conductor.delete_deployment(name)?),
         (Post, ["v1", "agent", "lookup"]) => {
             let request: LookupRequest = parse(body)?;

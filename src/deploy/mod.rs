@@ -7,6 +7,7 @@ pub mod client;
 pub mod conductor;
 pub mod images;
 pub mod import;
+pub mod metadata;
 pub mod plan;
 pub mod power;
 pub mod protocol;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use hints::check_root_device_hints;
-pub use matching::{Assignment, Exclusion, Shortfall, match_nodes};
+pub use matching::{Assignment, Exclusion, Shortfall, assign, match_nodes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {

@@ -175,6 +175,68 @@ pub struct DeploymentNode {
     pub progress: Option<CommandProgress>,
     pub deploy_step: Option<String>,
     pub last_error: Option<String>,
+    /// What the node last reported about applying its role config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<NodeConfigState>,
+}
+
+/// Header carrying a deployed node's config token (metadata and config status).
+pub const CONFIG_TOKEN_HEADER: &str = "X-Config-Token";
+
+/// How a node's config apply went, as the node reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigResult {
+    Succeeded,
+    Failed,
+}
+
+/// POST /v1/nodes/{uuid}/config-status (X-Config-Token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigStatusRequest {
+    pub status: ConfigResult,
+    /// The refresh script that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// SHA-256 (hex) of the conductor metadata the node applied (its ETag).
+    pub metadata_sha256: String,
+}
+
+/// A node's config state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigState {
+    #[serde(rename = "configured")]
+    Configured,
+    #[serde(rename = "config failed")]
+    ConfigFailed,
+}
+
+impl ConfigState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::ConfigFailed => "config failed",
+        }
+    }
+}
+
+/// The last config report of a node (GET /v1/nodes/{id} `config`, deployment status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfigState {
+    pub state: ConfigState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub metadata_sha256: String,
+    /// Whether the reported metadata is the node's current metadata (false: an
+    /// update has not been applied yet).
+    pub current: bool,
+    /// Unix seconds (UTC) of the report.
+    pub time: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

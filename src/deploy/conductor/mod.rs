@@ -6,6 +6,7 @@
 //! killed at any point restarts from a state it really was in. One mutex over
 //! the store serializes the flows; power calls are short (manual, qemu QMP).
 
+mod config;
 mod power;
 
 use std::collections::BTreeMap;
@@ -56,6 +57,9 @@ pub struct Config {
     pub clean: CleanMode,
     /// Needed only for nodes with the qemu driver.
     pub qemu: Option<QemuSettings>,
+    /// The conductor's URL as deployed nodes reach it (their config drive points
+    /// there for metadata and config reports); None: nodes get no endpoints.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +345,7 @@ impl Conductor {
                     store.transition(&id, Event::Fail, Some(&err.to_string()))?;
                 } else {
                     store.set_instance_info(&id, &InstanceInfo::default())?;
+                    store.clear_node_config(&id)?;
                     let node = store.transition(&id, Event::Done, None)?;
                     self.start_cleaning(store, &node)?;
                 }
@@ -540,6 +545,10 @@ impl Conductor {
                 }),
                 deploy_step: node.progress.deploy_step.clone(),
                 last_error: node.last_error.clone(),
+                config: config::config_state(store, &node).unwrap_or_else(|err| {
+                    eprintln!("kiln conductor: node {}: config state: {err}", node.name);
+                    None
+                }),
             })
             .collect();
         Ok(DeploymentStatus {
@@ -774,10 +783,13 @@ impl Conductor {
                     step,
                 ))
             }
-            STEP_CONFIGDRIVE => Ok(command(
-                CommandKind::WriteConfigdrive(configdrive_params(node, hints)),
-                step,
-            )),
+            STEP_CONFIGDRIVE => {
+                let mut params = configdrive_params(node, hints);
+                if let Some(kiln_config) = self.drive_kiln_config(store, node)? {
+                    params.kiln_config = kiln_config;
+                }
+                Ok(command(CommandKind::WriteConfigdrive(params), step))
+            }
             _ => Ok(command(
                 CommandKind::EraseMetadata(EraseParams { hints }),
                 step,

@@ -247,7 +247,8 @@ fn reserve_pinned<'n>(
     Ok(pins)
 }
 
-fn assign(plan: &Plan, role: &Role, index: u32, node: &Node) -> Assignment {
+/// The assignment of `node` to instance `index` of `role` (no availability checks).
+pub fn assign(plan: &Plan, role: &Role, index: u32, node: &Node) -> Assignment {
     let item = role.override_for(index);
     let image = role.image_name(plan).unwrap_or_default().to_string();
     let mut config = deep_merge(&plan.config, &role.config);

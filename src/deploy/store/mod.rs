@@ -6,6 +6,7 @@
 //! transaction each.
 
 mod agent;
+mod config;
 mod enroll;
 mod model;
 mod records;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use crate::deploy::state::{self, Event, ProvisionState, TransitionError};
 
+pub use config::ConfigReport;
 pub use model::{
     Deployment, Driver, DriverInfo, InFlight, InstanceInfo, NewNode, Node, PowerState, Progress,
     Properties, QemuFirmware, StoredInventory, TimelineEvent,

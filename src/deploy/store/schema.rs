@@ -57,6 +57,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_node ON events(node_uuid, id);
     ",
+    // 1 -> 2: role config on deployed nodes: the config token (hash only) and the
+    // node's last config report.
+    "
+    CREATE TABLE node_config (
+        node_uuid TEXT PRIMARY KEY REFERENCES nodes(uuid) ON DELETE CASCADE,
+        token_hash BLOB,
+        state TEXT,
+        script TEXT,
+        message TEXT,
+        metadata_sha256 TEXT,
+        reported_at INTEGER
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -409,8 +409,17 @@ fn role_config_reaches_the_node_and_its_reports_reach_the_conductor() {
 
     // A config change: stored, the node's report is now stale, the next apply
     // fetches it over HTTP and renders the new value.
-    let (status, body) = call("PUT", &deployments, Some(&plan("two")), &[]);
-    assert_eq!(status, 200, "{body}");
+    // (through the operator's command, as `kiln deploy update PLAN.yaml`).
+    let plan_file = dir.path().join("plan-two.yaml");
+    std::fs::write(&plan_file, plan("two")).unwrap();
+    let out = Command::new(KILN)
+        .args(["deploy", "--url", &url, "update"])
+        .arg(&plan_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("configured, update pending"), "{table}");
     assert_eq!(node(&url, "ctl")["config"]["current"], false);
     let out = host.apply();
     assert!(out.status.success(), "{out:?}");

@@ -1,4 +1,4 @@
-//! `kiln deploy PLAN.yaml` and `kiln deploy status|list|undeploy`.
+//! `kiln deploy PLAN.yaml` and `kiln deploy status|list|update|undeploy`.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use crate::deploy::client::{Client, WaitOptions, render};
 use crate::deploy::protocol::DeploymentStatus;
 
 #[derive(Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(subcommand_negates_reqs = true)]
 pub struct DeployArgs {
     #[command(flatten)]
     conductor: ConductorUrl,
@@ -31,6 +31,12 @@ enum DeployCommand {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Change a deployment's plan: new role configuration (and hostnames) reach
+    /// the deployed nodes on their next poll; image or count changes are refused
+    Update {
+        #[arg(value_name = "PLAN.yaml")]
+        plan: PathBuf,
     },
     /// Undeploy every node of a deployment
     Undeploy {
@@ -62,6 +68,9 @@ pub fn run(args: DeployArgs) -> Result<u8> {
             } else {
                 print_statuses(&statuses);
             }
+        }
+        (Some(DeployCommand::Update { plan }), _) => {
+            print_statuses(&[client.update_deployment(&plan)?]);
         }
         (Some(DeployCommand::Undeploy { name, wait }), _) => {
             let status = client.undeploy(&name)?;

@@ -204,6 +204,18 @@ impl Client {
         self.send("POST", "/v1/deployments", Some(&text))
     }
 
+    /// `kiln deploy update PLAN.yaml`: the changed plan of a deployment; nodes
+    /// apply the new role configuration on their next poll.
+    pub fn update_deployment(&self, plan: &Path) -> Result<DeploymentStatus> {
+        let text = read(plan)?;
+        let parsed = crate::deploy::plan::parse_plan(&text, &plan.display().to_string())?;
+        self.send(
+            "PUT",
+            &format!("/v1/deployments/{}", segment(&parsed.name)),
+            Some(&text),
+        )
+    }
+
     /// `kiln deploy list`.
     pub fn deployments(&self) -> Result<Vec<String>> {
         let answer: Value = self.send("GET", "/v1/deployments", None)?;

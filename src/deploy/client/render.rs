@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::deploy::protocol::DeploymentStatus;
+use crate::deploy::protocol::{DeploymentStatus, NodeConfigState};
 
 use super::{NodeDetails, NodeRecord};
 
@@ -94,6 +94,7 @@ pub fn deployment_table(status: &DeploymentStatus) -> String {
                 node.progress
                     .map(|p| progress_text(p.done, Some(p.total)))
                     .unwrap_or_else(|| "-".to_string()),
+                config_text(node.config.as_ref()),
                 short_error(node.last_error.as_deref()),
             ]
         })
@@ -105,10 +106,28 @@ pub fn deployment_table(status: &DeploymentStatus) -> String {
             "HOSTNAME",
             "PROVISION STATE",
             "PROGRESS",
+            "CONFIG",
             "LAST ERROR",
         ],
         &rows,
     )
+}
+
+/// The role configuration a node reported: "configured", "config failed
+/// (configure.d/20-x)", with "update pending" while it has not applied the
+/// newest metadata; "-" before its first report.
+pub fn config_text(config: Option<&NodeConfigState>) -> String {
+    let Some(config) = config else {
+        return "-".to_string();
+    };
+    let mut text = config.state.as_str().to_string();
+    if let Some(script) = &config.script {
+        text.push_str(&format!(" ({script})"));
+    }
+    if !config.current {
+        text.push_str(", update pending");
+    }
+    text
 }
 
 /// "512.0 MiB / 1.0 GiB (50%)".

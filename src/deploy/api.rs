@@ -256,7 +256,7 @@ fn route(
         (Get, ["v1", "nodes", id, "timeline"]) => {
             ok(200, &json!({"events": conductor.timeline(id)?}))
         }
-        (Get, ["v1", "rules"]) => ok(200, &conductor.rules()),
+        (Get, ["v1", "rules"]) => ok(200, &conductor.rules()?),
         (Put, ["v1", "rules"]) => ok(200, &conductor.set_rules(body)?),
         (Post, ["v1", "deployments"]) => ok(202, &conductor.create_deployment(body)?),
         (Get, ["v1", "deployments"]) => {

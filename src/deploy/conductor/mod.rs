@@ -26,7 +26,6 @@ use crate::deploy::protocol::{
 use crate::deploy::state::{Event, ProvisionState};
 use crate::deploy::store::{self, InstanceInfo, Node, Store, StoreError};
 use crate::deploy::{plan, rules};
-use crate::util::atomic_file::AtomicFile;
 
 pub use power::QemuSettings;
 
@@ -147,8 +146,6 @@ pub struct Conductor {
     config: Config,
     images: ImageStore,
     drivers: power::Drivers,
-    rules_path: PathBuf,
-    rules: Mutex<Value>,
 }
 
 impl Conductor {
@@ -165,28 +162,11 @@ impl Conductor {
             .unwrap_or(Path::new("."))
             .join("image-checksums");
         let images = ImageStore::new(&config.images, &cache)?;
-        // seam: introspection rules belong in the store (dcore); until then they
-        // live next to the state file.
-        let rules_path = PathBuf::from(format!("{state}.rules.json"));
-        let rules = match std::fs::read(&rules_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| {
-                ConductorError::BadRequest(format!("{}: {err}", rules_path.display()))
-            })?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => json!([]),
-            Err(source) => {
-                return Err(ConductorError::Io {
-                    what: rules_path.display().to_string(),
-                    source,
-                });
-            }
-        };
         Ok(Conductor {
             store: Mutex::new(store),
             drivers: power::Drivers::new(config.qemu.clone()),
             config,
             images,
-            rules_path,
-            rules: Mutex::new(rules),
         })
     }
 
@@ -265,8 +245,8 @@ impl Conductor {
         Ok(Value::Array(events))
     }
 
-    pub fn rules(&self) -> Value {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn rules(&self) -> Result<Value> {
+        Ok(self.store().introspection_rules()?)
     }
 
     /// Replaces the introspection rules (YAML or JSON list).
@@ -275,17 +255,7 @@ impl Conductor {
             .map_err(|err| ConductorError::BadRequest(format!("rules: {err}")))?;
         rules::parse_rules(body, "rules")
             .map_err(|err| ConductorError::BadRequest(err.to_string()))?;
-        let bytes = serde_json::to_vec_pretty(&rules).map_err(|err| {
-            ConductorError::BadRequest(format!("rules: cannot encode as JSON: {err}"))
-        })?;
-        let io = |source| ConductorError::Io {
-            what: self.rules_path.display().to_string(),
-            source,
-        };
-        let file = AtomicFile::create(&self.rules_path).map_err(io)?;
-        std::io::Write::write_all(&mut file.file(), &bytes).map_err(io)?;
-        file.commit().map_err(io)?;
-        *self.rules.lock().unwrap_or_else(|e| e.into_inner()) = rules.clone();
+        self.store().set_introspection_rules(&rules)?;
         Ok(rules)
     }
 
@@ -635,8 +605,9 @@ impl Conductor {
             self.power_off_logged(store, node);
             return Ok(());
         }
-        let outcome = self
-            .parsed_rules()
+        // `store` is the locked store: read the rules through it, not self.rules().
+        let rule_list = store.introspection_rules()?;
+        let outcome = rules::parse_rules(&rule_list.to_string(), "introspection rules")
             .and_then(|list| rules::process_inventory(store, &id, inventory, &list));
         match outcome {
             Ok(outcome) => match outcome.failure {
@@ -653,10 +624,6 @@ impl Conductor {
         }
         self.power_off_logged(store, node);
         Ok(())
-    }
-
-    fn parsed_rules(&self) -> Result<Vec<rules::Rule>, rules::RulesError> {
-        rules::parse_rules(&self.rules().to_string(), "introspection rules")
     }
 
     /// POST /v1/agent/{uuid}/heartbeat: records the agent's report and answers

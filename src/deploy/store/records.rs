@@ -104,6 +104,37 @@ impl Store {
         })
     }
 
+    /// The introspection rules as last set (a JSON list), or an empty list.
+    pub fn introspection_rules(&self) -> Result<Value> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT rules FROM introspection_rules", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        match text {
+            None => Ok(Value::Array(Vec::new())),
+            Some(text) => from_json(&text).map_err(|message| StoreError::Corrupt {
+                node: "(introspection rules)".to_string(),
+                field: "rules",
+                message,
+            }),
+        }
+    }
+
+    /// Replaces the introspection rules.
+    pub fn set_introspection_rules(&self, rules: &Value) -> Result<()> {
+        let text = to_json("introspection rules", rules)?;
+        self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO introspection_rules (id, rules, updated_at) \
+                 VALUES (1, ?1, ?2)",
+                params![text, now()],
+            )?;
+            Ok(())
+        })
+    }
+
     pub fn deployment(&self, name: &str) -> Result<Option<Deployment>> {
         let row: Option<(String, i64, i64)> = self
             .conn

@@ -70,6 +70,14 @@ const MIGRATIONS: &[&str] = &[
         reported_at INTEGER
     );
     ",
+    // 2 -> 3: the introspection rules (one JSON list) live in the state file too.
+    "
+    CREATE TABLE introspection_rules (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        rules TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

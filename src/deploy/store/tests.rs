@@ -456,3 +456,19 @@ fn deleting_a_node_removes_its_ports_and_only_in_idle_states() {
         .create_nodes(&[new_node("n3", "52:54:00:00:00:01")])
         .unwrap();
 }
+
+#[test]
+fn introspection_rules_persist_in_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let path = path.to_str().unwrap();
+    let store = Store::open(path).unwrap();
+    assert_eq!(store.introspection_rules().unwrap(), json!([]));
+    let rules = json!([{"description": "big", "conditions": [], "actions": []}]);
+    store.set_introspection_rules(&rules).unwrap();
+    drop(store);
+    assert_eq!(
+        Store::open(path).unwrap().introspection_rules().unwrap(),
+        rules
+    );
+}

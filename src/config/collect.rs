@@ -33,7 +33,7 @@ pub enum CollectError {
     #[error("config drive {device}: {source}")]
     Fat {
         device: PathBuf,
-        source: super::fat_read::FatReadError,
+        source: crate::format::fat::read::FatReadError,
     },
     #[error("cannot reach {url}: {message}")]
     Unreachable { url: String, message: String },

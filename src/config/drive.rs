@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::collect::{CollectError, Collector};
-use super::fat_read::FatVolume;
+use crate::format::fat::read::FatVolume;
 use super::value::{self, Value};
 
 /// The label a config drive carries (compared without case).

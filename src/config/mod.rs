@@ -10,7 +10,6 @@ pub mod apply;
 pub mod cache;
 pub mod collect;
 pub mod drive;
-pub mod fat_read;
 pub mod key;
 pub mod lock;
 pub mod mustache;

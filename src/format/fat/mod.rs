@@ -1,5 +1,6 @@
 //! FAT16 / FAT32 filesystem writer: copies a host directory tree into a fresh
 //! filesystem written at an offset of an output file (a partition of a disk image).
+//! `read` is the other direction: a small read-only FAT12/16/32 reader.
 //!
 //! The work is split in one-way steps: `tree` reads the source tree, `plan` names
 //! every entry (8.3 + VFAT long names) and sizes the directories, `layout` picks the
@@ -14,6 +15,7 @@ mod dir;
 mod layout;
 mod name;
 mod plan;
+pub mod read;
 mod time;
 mod tree;
 mod writer;

@@ -194,10 +194,12 @@ fn console_tail(conductor: &Conductor, name: &str) -> String {
 /// followed the deploy.
 fn console_after_ramdisk(conductor: &Conductor, name: &str) -> String {
     let text = console(conductor, name);
-    match text
-        .rfind("kiln-agent:")
-        .or_else(|| text.rfind("kiln agent:"))
-    {
+    // The ramdisk's start-up script says "kiln-agent:", the agent "kiln agent:".
+    let last = [text.rfind("kiln-agent:"), text.rfind("kiln agent:")]
+        .into_iter()
+        .flatten()
+        .max();
+    match last {
         Some(at) => text[at..]
             .split_once('\n')
             .map(|(_, rest)| rest.to_string())
@@ -738,6 +740,12 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
             );
             std::thread::sleep(Duration::from_secs(1));
         }
+        // OVMF's boot manager chose the disk.
+        assert!(
+            console_after_ramdisk(&conductor, n.name).contains("BdsDxe: starting"),
+            "{} did not boot its disk through OVMF",
+            n.name
+        );
         assert!(
             console(&conductor, n.name).contains("kiln-agent:"),
             "{} never ran the deploy ramdisk",

@@ -522,26 +522,10 @@ print(json.dumps(r["metadata"]))
     Some(serde_json::from_str(out.trim()).unwrap())
 }
 
-const RULES: &str = r#"
-- description: nodes with 1.25 GiB or more run the control plane
-  conditions: [{op: ge, field: inventory.memory.physical_mb, value: 1280}]
-  actions: [{action: set-capability, name: profile, value: control}]
-- description: smaller nodes compute
-  conditions: [{op: lt, field: inventory.memory.physical_mb, value: 1280}]
-  actions: [{action: set-capability, name: profile, value: compute}]
-"#;
-
-const PLAN: &str = r#"
-name: overcloud
-images: {busybox: busybox-vm.qcow2}
-roles:
-  - {name: Controller, count: 1, profile: control, image: busybox,
-     hostname_format: "overcloud-controller-%index%", root_device: {size: ">= 4"},
-     config: {ntp: {servers: [10.0.0.1]},
-              public_keys: {default: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln kiln@e2e"}}}
-  - {name: Compute, count: 1, profile: compute, image: busybox,
-     hostname_format: "overcloud-novacompute-%index%", config: {role_flavor: compute}}
-"#;
+/// Profiles by the memory the agent reports (control from 1280 MiB).
+const RULES: &str = include_str!("../fixtures/deploy/e2e/rules.yaml");
+/// One Controller (profile control) and one Compute (profile compute).
+const PLAN: &str = include_str!("../fixtures/deploy/e2e/plan.yaml");
 
 #[test]
 fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {

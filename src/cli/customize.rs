@@ -14,7 +14,51 @@ use crate::customize::image::{self, Outcome};
 use crate::customize::{Customization, Op, parse_args, sysprep};
 use crate::format::ImageFormat;
 
+/// The operations, as `kiln image customize --help` lists them (virt-customize's
+/// names and argument forms).
+const CUSTOMIZE_OPERATIONS: &str = "\
+Operations (applied in command-line order; all or nothing):
+  --append-line FILE:LINE        append LINE to FILE (adds a newline before it if needed)
+  --chmod PERMS:FILE             change a file's mode (octal)
+  --chown UID.GID:FILE           change a file's owner (numeric)
+  --commands-from-file FILE      read more operations from FILE, one per line
+  --copy SRC:DEST                copy inside the guest
+  --copy-in LOCALPATH:REMOTEDIR  copy host files or directories into the guest
+  --delete PATH                  delete a file or directory (recursively)
+  --edit FILE:s/RE/REPL/[g]      edit a file with a regular expression substitution
+  --firstboot SCRIPT             run a host script in the guest at first boot
+  --firstboot-command 'CMD'      run a command at first boot
+  --firstboot-install PKG,PKG    install packages at first boot
+  --hostname HOSTNAME            set the host name
+  --install PKG,PKG              install packages with the guest's package manager
+  --link TARGET:LINK[:LINK]      create symbolic links
+  --mkdir DIR                    create a directory (with parents)
+  --move SRC:DEST                move inside the guest
+  --password USER:SELECTOR       set a user's password (SELECTOR below)
+  --password-crypto sha512|yescrypt  hash to use (default: by guest, as virt-customize)
+  --root-password SELECTOR       set root's password
+  --run SCRIPT                   run a host script in the guest
+  --run-command 'CMD'            run a command in the guest
+  --scrub FILE                   overwrite a file, then delete it
+  --selinux-relabel              relabel the guest at first boot (SELinux guests)
+  --ssh-inject USER[:file:F|:string:KEY]  add an SSH key to USER's authorized_keys
+  --tar-in TARBALL:REMOTEDIR     unpack a tarball into the guest
+  --timezone TIMEZONE            set the time zone (e.g. Europe/London)
+  --touch FILE                   create a file or update its times
+  --truncate FILE                make a file empty
+  --truncate-recursive DIR       make every file under DIR empty
+  --uninstall PKG,PKG            remove packages
+  --update                       update every package
+  --upload FILE:DEST             copy a host file into the guest
+  --write FILE:CONTENT           write CONTENT to FILE
+  --sm-credentials USER:password:PASS|USER:file:FILE  subscription-manager login
+  --sm-register / --sm-attach auto|pool:ID|file:F / --sm-remove / --sm-unregister
+
+Password SELECTOR: password:PASS, file:FILE, random, disabled, locked[:...].
+Set KILN_OVERLAY_DIR for where changes beyond 256 MiB are kept until the commit.";
+
 #[derive(Args)]
+#[command(after_long_help = CUSTOMIZE_OPERATIONS)]
 pub struct CustomizeArgs {
     /// -a IMAGE [--format raw|qcow2] [-n|--dry-run] [-q] [-v] OPERATIONS... (applied in order)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::collect::{CollectError, Collector};
-use crate::format::fat::read::FatVolume;
 use super::value::{self, Value};
+use crate::format::fat::read::FatVolume;
 
 /// The label a config drive carries (compared without case).
 pub const CONFIG_DRIVE_LABEL: &str = "config-2";

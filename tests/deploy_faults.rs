@@ -42,10 +42,7 @@ struct ProxyState {
 
 impl Proxy {
     fn start(conductor_url: &str, rate: u64, cut_after: Option<u64>) -> Proxy {
-        let upstream: SocketAddr = conductor_url
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap();
+        let upstream: SocketAddr = conductor_url.trim_start_matches("http://").parse().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shared = Arc::new(ProxyState {
@@ -195,7 +192,11 @@ fn assert_store_consistent(dir: &Path, conductor: &Conductor) {
             )
             .ok();
         if let Some(last) = last {
-            assert_eq!(last, row, "timeline of {} disagrees with its row", api["name"]);
+            assert_eq!(
+                last, row,
+                "timeline of {} disagrees with its row",
+                api["name"]
+            );
         }
     }
 }
@@ -260,9 +261,13 @@ fn a_conductor_killed_while_an_agent_writes_restarts_and_the_agent_finishes() {
     {
         let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
         let rows: Vec<(String, String, Option<String>, i64)> = db
-            .prepare("SELECT name, provision_state, deploy_step, bytes_written FROM nodes ORDER BY name")
+            .prepare(
+                "SELECT name, provision_state, deploy_step, bytes_written FROM nodes ORDER BY name",
+            )
             .unwrap()
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -319,7 +324,11 @@ fn a_silent_agent_fails_its_deploy_and_abort_in_wait_call_back_fails_the_other()
     let error = node["last_error"].as_str().unwrap();
     assert!(error.contains("stopped heartbeating"), "{error}");
     // The first MiB is written last: the half-written disk holds nothing bootable.
-    assert!(head_is_zero(&disk), "{} has a partition table", disk.display());
+    assert!(
+        head_is_zero(&disk),
+        "{} has a partition table",
+        disk.display()
+    );
     assert_eq!(state(&conductor, "s2"), "deploy failed");
     assert_store_consistent(dir.path(), &conductor);
 }
@@ -338,27 +347,27 @@ fn malformed_plans_are_refused_naming_the_field_and_tokens_are_per_node() {
     let cases = [
         (
             compute_plan("ok", "missing.qcow2", 2),
-            "missing.qcow2",
+            "images: img: ",
             "an image file the conductor does not have",
         ),
         (
             good.replace("image: img", "image: other"),
-            "roles[0]",
+            "roles[0] (Compute).image: unknown image \"other\"",
             "a role naming an image the plan does not list",
         ),
         (
             good.replace("image: img}", "image: img, root_device: {size: huge}}"),
-            "root_device",
+            "roles[0] (Compute).root_device: ",
             "a size hint that is no size",
         ),
         (
             good.replace("image: img}", "image: img, root_device: {colour: red}}"),
-            "colour",
+            "roles[0] (Compute).root_device: unknown hint \"colour\"",
             "an unknown hint",
         ),
         (
             "name: [ok\nroles: {".to_string(),
-            "YAML",
+            "not valid YAML",
             "text that is not YAML",
         ),
     ];
@@ -372,6 +381,9 @@ fn malformed_plans_are_refused_naming_the_field_and_tokens_are_per_node() {
         assert_eq!(status, 400, "{what}: {body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains(field), "{what}: {message}");
+        if *field == "images: img: " {
+            assert!(message.contains("missing.qcow2"), "{message}");
+        }
         for name in ["p1", "p2"] {
             let node = node(&conductor, name);
             assert_eq!(node["provision_state"], "available", "{what}: {node}");

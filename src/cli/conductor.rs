@@ -84,6 +84,13 @@ pub fn run(args: ConductorArgs) -> Result<u8> {
     println!("http://{addr}");
     std::io::Write::flush(&mut std::io::stdout())?;
     eprintln!("kiln conductor: listening on http://{addr}");
-    server.serve();
-    Ok(0)
+    // The binary routes SIGINT/SIGTERM to a flag instead of dying; nothing here
+    // needs unwinding (every state change is already committed), so the
+    // conductor just stops once the flag is set.
+    std::thread::spawn(move || server.serve());
+    while crate::util::interrupt::check().is_ok() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("kiln conductor: terminated by a signal; in-flight nodes resume on restart");
+    Ok(130)
 }

@@ -362,7 +362,7 @@ fn malformed_plans_are_refused_naming_the_field_and_tokens_are_per_node() {
         ),
         (
             good.replace("image: img}", "image: img, root_device: {colour: red}}"),
-            "roles[0] (Compute).root_device: unknown hint \"colour\"",
+            "roles[0] (Compute).root_device: unknown root device hint \"colour\"",
             "an unknown hint",
         ),
         (

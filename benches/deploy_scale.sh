@@ -159,10 +159,19 @@ roles:
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$CONDUCTOR_PID/stat"; }
 proc_field() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$CONDUCTOR_PID/status"; }
 HZ=$(getconf CLK_TCK)
+# CPU seconds (user + sys) of this script's reaped children (the agents once
+# they exit, curl, jq) from a `times` report; `times` must run in this shell,
+# not in a command substitution's subshell.
+children_cpu() {
+	awk 'NR == 2 {
+		for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }
+		printf "%.1f\n", s }' "$1"
+}
 
 # ---- the deployment ----------------------------------------------------------
 say "deploying $IMAGE_FILE ($((image_bytes >> 20)) MiB file) to $AGENTS simulated nodes"
 cpu0=$(cpu_ticks)
+times >"$RUN/times.before"
 t0=$(date +%s.%N)
 api POST /v1/deployments "$PLAN" >/dev/null || die "POST /v1/deployments failed"
 t_post=$(date +%s.%N)
@@ -189,6 +198,9 @@ done
 t1=$(date +%s.%N)
 cpu1=$(cpu_ticks)
 hwm_kib=$(proc_field VmHWM)
+wait "${AGENT_PIDS[@]}" 2>/dev/null || true # all are done once their nodes are active
+times >"$RUN/times.after"
+agents_cpu=$(fcalc "$(children_cpu "$RUN/times.after")" "$(children_cpu "$RUN/times.before")" 'printf "%.1f", a - b')
 wall=$(fcalc "$t1" "$t0" 'printf "%.1f", a - b')
 post_s=$(fcalc "$t_post" "$t0" 'printf "%.1f", a - b')
 cpu_s=$(fcalc "$((cpu1 - cpu0))" "$HZ" 'printf "%.1f", a / b')
@@ -234,6 +246,8 @@ report=$(
 	printf '| conductor CPU time (user+sys) | %s s |\n' "$cpu_s"
 	printf '| conductor peak RSS (VmHWM) | %s MiB |\n' "$(mib "$hwm_kib")"
 	printf '| conductor peak threads / open fds | %s / %s |\n' "$max_threads" "$max_fds"
+	printf '| agents CPU time (user+sys, with the polling curl/jq) | %s s |\n' "$agents_cpu"
+	printf '| machine load average at the end | %s |\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf '| heartbeat interval | %s s |\n' "$HEARTBEAT"
 )
 printf '%s\n' "$report" | tee "$WORK/results.md"

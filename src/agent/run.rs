@@ -59,7 +59,7 @@ pub fn run(client: &ConductorClient, host: Arc<dyn Host>) -> Result<(), AgentErr
     let interval = Duration::from_secs(session.heartbeat_interval.max(1));
     let current = Arc::new(Current::default());
     loop {
-        let report = current.report();
+        let (report, seen) = current.report();
         match client.heartbeat(
             session.node,
             &session.token,
@@ -95,7 +95,7 @@ pub fn run(client: &ConductorClient, host: Arc<dyn Host>) -> Result<(), AgentErr
             // conductor keeps our state and token.
             Err(err) => eprintln!("kiln agent: heartbeat: {err}"),
         }
-        current.wait_for_change(interval);
+        current.wait_for_change(seen, interval);
     }
 }
 
@@ -119,30 +119,49 @@ fn look_up(client: &ConductorClient, host: &dyn Host) -> Result<LookupResponse, 
 /// The command being (or last) run and its status, shared with the worker.
 #[derive(Default)]
 struct Current {
-    report: Mutex<Option<CommandReport>>,
+    shared: Mutex<Shared>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct Shared {
+    report: Option<CommandReport>,
+    /// Counts notifying updates. A command that finishes while the main loop
+    /// is in a heartbeat call (not waiting) would otherwise go unreported for
+    /// a whole interval: the loop waits only while this is what it last saw.
+    changes: u64,
+}
+
 impl Current {
-    fn report(&self) -> Option<CommandReport> {
-        self.report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The report to send and the change count it reflects.
+    fn report(&self) -> (Option<CommandReport>, u64) {
+        let shared = self.lock();
+        (shared.report.clone(), shared.changes)
     }
 
     fn update(&self, change: impl FnOnce(&mut Option<CommandReport>), notify: bool) {
-        change(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut shared = self.lock();
+        change(&mut shared.report);
         if notify {
+            shared.changes += 1;
             self.changed.notify_all();
         }
     }
 
-    /// Sleeps for `interval`, or less when a command finishes (so its result is
-    /// reported at once).
-    fn wait_for_change(&self, interval: Duration) {
-        let guard = self.report.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.changed.wait_timeout(guard, interval);
+    /// Sleeps for `interval`, or less when a command finishes after the
+    /// report counted `seen` changes (so its result is reported at once).
+    /// Returns whether it woke for a change.
+    fn wait_for_change(&self, seen: u64, interval: Duration) -> bool {
+        let guard = self.lock();
+        let (shared, _) = self
+            .changed
+            .wait_timeout_while(guard, interval, |shared| shared.changes == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        shared.changes != seen
     }
 }
 
@@ -324,5 +343,50 @@ impl Host for LocalHost {
     fn power_off(&self) {
         // The deploy ramdisk's init restarts a finished agent; powering off is
         // the conductor's job through the power driver.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(id: &str) -> Option<CommandReport> {
+        Some(CommandReport {
+            id: id.to_string(),
+            status: CommandStatus::Running,
+            progress: None,
+            error: None,
+            result: Value::Null,
+        })
+    }
+
+    #[test]
+    fn a_command_finishing_before_the_wait_is_not_slept_through() {
+        let current = Current::default();
+        current.update(|report| *report = running("write_image"), false);
+        let (_, seen) = current.report();
+        // The worker finishes while the main loop is still heartbeating.
+        current.update(
+            |report| report.as_mut().unwrap().status = CommandStatus::Succeeded,
+            true,
+        );
+        assert!(current.wait_for_change(seen, Duration::from_secs(3600)));
+        let (report, now) = current.report();
+        assert_eq!(report.unwrap().status, CommandStatus::Succeeded);
+        assert!(!current.wait_for_change(now, Duration::ZERO));
+    }
+
+    #[test]
+    fn progress_updates_do_not_cut_the_interval_short() {
+        let current = Current::default();
+        current.update(|report| *report = running("write_image"), false);
+        let (_, seen) = current.report();
+        current.update(
+            |report| {
+                report.as_mut().unwrap().progress = Some(CommandProgress { done: 1, total: 2 })
+            },
+            false,
+        );
+        assert!(!current.wait_for_change(seen, Duration::ZERO));
     }
 }

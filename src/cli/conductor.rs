@@ -50,6 +50,7 @@ pub struct ConductorArgs {
 }
 
 pub fn run(args: ConductorArgs) -> Result<u8> {
+    raise_open_files_limit();
     let mut config = Config {
         state: args.state.clone(),
         images: args.images.clone(),
@@ -90,6 +91,37 @@ pub fn run(args: ConductorArgs) -> Result<u8> {
     println!("http://{addr}");
     std::io::Write::flush(&mut std::io::stdout())?;
     eprintln!("kiln conductor: listening on http://{addr}");
-    server.serve();
-    Ok(0)
+    // The binary routes SIGINT/SIGTERM to a flag instead of dying; nothing here
+    // needs unwinding (every state change is already committed), so the
+    // conductor just stops once the flag is set.
+    std::thread::spawn(move || server.serve());
+    while crate::util::interrupt::check().is_ok() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("kiln conductor: terminated by a signal; in-flight nodes resume on restart");
+    Ok(130)
+}
+
+/// Every deploying node holds about three descriptors in the conductor (its
+/// image download, the open image file, a heartbeat): a default soft limit of
+/// 1024 runs out near 300 nodes, so take what the hard limit allows.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = limit.rlim_max;
+            limit.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!(
+                    "kiln conductor: cannot raise the open files limit to {wanted}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }

@@ -329,8 +329,21 @@ fn a_connection_that_keeps_failing_is_an_error_naming_url_and_offset() {
     let url = format!("http://{}/v1/images/{name}", proxy.addr);
     let target = fx.work.join("old");
     fs::write(&target, vec![0xa5u8; DISK as usize]).unwrap();
-    let err = write(&url, &sha256_of(&fx.images.join(name)), &target).unwrap_err();
+    // Reconnects are tried for a short window here (the default outlasts a
+    // conductor restart).
+    let options = WriteOptions {
+        resume_window: Some(std::time::Duration::from_secs(3)),
+        ..WriteOptions::default()
+    };
+    let err = write_image(
+        &ImageUrl::parse(&url).unwrap(),
+        &sha256_of(&fx.images.join(name)),
+        &target,
+        &options,
+    )
+    .unwrap_err();
     let msg = err.to_string();
+    assert!(msg.contains("within 3 s"), "{msg}");
     assert!(
         matches!(err, StreamError::Http { offset, .. } if offset >= 20 * MIB),
         "{msg}"

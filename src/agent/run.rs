@@ -253,6 +253,7 @@ fn write(
             );
         })),
         threads: None,
+        resume_window: None,
     };
     let report = write_image(&url, &checksum, &disk, &options).map_err(|e| e.to_string())?;
     serde_json::to_value(&report).map_err(|e| e.to_string())

@@ -128,6 +128,7 @@ fn run_write_image(args: WriteImageArgs) -> Result<u8> {
             shown.set_position(done);
         })),
         threads: None,
+        resume_window: None,
     };
     let report = write_image(&url, &checksum, &args.target, &opts);
     bar.finish_and_clear();

@@ -3,13 +3,49 @@
 //! again with `Range: bytes=N-` (and `If-Range`, so a replaced file is noticed).
 
 use std::io::{self, Read};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::StreamError;
 
-/// Attempts to reconnect after a failure before giving up.
-pub const MAX_RETRIES: u32 = 5;
+/// How long a download keeps reconnecting after a failure before it gives up:
+/// long enough for a conductor to be restarted in the middle of a deploy.
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Doubling pauses between attempts, within a time window that starts at the
+/// first failure of a streak.
+struct Backoff {
+    started: Instant,
+    window: Duration,
+    pause: Duration,
+    tries: u32,
+}
+
+impl Backoff {
+    fn new(window: Duration) -> Self {
+        Backoff {
+            started: Instant::now(),
+            window,
+            pause: FIRST_BACKOFF,
+            tries: 0,
+        }
+    }
+
+    /// Sleep before the next attempt; false once the window is spent.
+    fn wait(&mut self) -> bool {
+        let Some(left) = self.window.checked_sub(self.started.elapsed()) else {
+            return false;
+        };
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(self.pause.min(left));
+        self.pause = (self.pause * 2).min(MAX_BACKOFF);
+        self.tries += 1;
+        true
+    }
+}
 
 /// A parsed `http://` image address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +81,7 @@ impl std::fmt::Display for ImageUrl {
 pub struct HttpImage {
     agent: ureq::Agent,
     url: ImageUrl,
+    resume_window: Duration,
     pub size: u64,
     /// The server's validator from HEAD, if it sent one.
     pub etag: Option<String>,
@@ -58,8 +95,9 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
 }
 
 impl HttpImage {
-    /// HEAD the image for its size and validator.
-    pub fn open(url: &ImageUrl) -> Result<Self, StreamError> {
+    /// HEAD the image for its size and validator. Failures are retried for
+    /// `resume_window`, here and for every later request of the download.
+    pub fn open(url: &ImageUrl, resume_window: Duration) -> Result<Self, StreamError> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
@@ -67,7 +105,7 @@ impl HttpImage {
             .timeout_per_read(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let resp = retry(url, 0, || {
+        let resp = retry(url, 0, resume_window, || {
             agent.head(url.as_str()).call().map_err(|e| e.to_string())
         })?;
         if resp.status() != 200 {
@@ -87,6 +125,7 @@ impl HttpImage {
         Ok(Self {
             agent,
             url: url.clone(),
+            resume_window,
             size,
             etag: header(&resp, "etag"),
         })
@@ -138,7 +177,7 @@ impl HttpImage {
         if start >= end {
             return Ok(Vec::new());
         }
-        retry(&self.url, start, || {
+        retry(&self.url, start, self.resume_window, || {
             let body = self.get_from(start, Some(end))?;
             let mut buf = vec![0u8; (end - start) as usize];
             let mut reader = body.into_reader();
@@ -153,7 +192,7 @@ impl HttpImage {
 
     /// The whole image as one stream, resuming after dropped connections.
     pub fn stream(&self) -> Result<ResumingBody<'_>, StreamError> {
-        let body = retry(&self.url, 0, || self.get_from(0, None))?;
+        let body = retry(&self.url, 0, self.resume_window, || self.get_from(0, None))?;
         Ok(ResumingBody {
             image: self,
             body: Some(Box::new(body.into_reader())),
@@ -178,33 +217,29 @@ impl From<Fatal> for String {
     }
 }
 
-/// Run `attempt` up to 1 + MAX_RETRIES times with doubling pauses.
+/// Run `attempt` until it succeeds, with doubling pauses, for at most `window`.
 fn retry<T>(
     url: &ImageUrl,
     offset: u64,
+    window: Duration,
     mut attempt: impl FnMut() -> Result<T, String>,
 ) -> Result<T, StreamError> {
-    let mut pause = FIRST_BACKOFF;
-    let mut tries = 0;
+    let mut backoff = Backoff::new(window);
     loop {
         match attempt() {
             Ok(v) => return Ok(v),
-            Err(message) if message == CHANGED || tries == MAX_RETRIES => {
+            Err(message) if message == CHANGED || !backoff.wait() => {
                 return Err(StreamError::Http {
                     url: url.to_string(),
                     offset,
-                    message: if tries > 0 {
-                        format!("{message} (after {tries} retries)")
+                    message: if backoff.tries > 0 {
+                        format!("{message} (after {} retries)", backoff.tries)
                     } else {
                         message
                     },
                 });
             }
-            Err(_) => {
-                std::thread::sleep(pause);
-                pause *= 2;
-                tries += 1;
-            }
+            Err(_) => {}
         }
     }
 }
@@ -229,7 +264,7 @@ impl Read for ResumingBody<'_> {
         if buf.is_empty() || self.pos >= self.image.size {
             return Ok(0);
         }
-        let mut failures = 0;
+        let mut backoff: Option<Backoff> = None;
         loop {
             let outcome = match self.body.as_mut() {
                 Some(body) => body.read(buf),
@@ -246,14 +281,15 @@ impl Read for ResumingBody<'_> {
                 _ => {}
             }
             self.body = None;
-            if failures == MAX_RETRIES {
+            let backoff = backoff.get_or_insert_with(|| Backoff::new(self.image.resume_window));
+            if !backoff.wait() {
                 return Err(io::Error::other(format!(
-                    "connection lost at offset {} and {MAX_RETRIES} attempts to resume failed",
-                    self.pos
+                    "connection lost at offset {} and {} attempts to resume within {} s failed",
+                    self.pos,
+                    backoff.tries,
+                    self.image.resume_window.as_secs()
                 )));
             }
-            std::thread::sleep(FIRST_BACKOFF * 2u32.pow(failures));
-            failures += 1;
             match self.image.get_from(self.pos, None) {
                 Ok(body) => {
                     self.resumes += 1;

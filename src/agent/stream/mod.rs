@@ -98,6 +98,9 @@ pub struct WriteOptions {
     pub progress: Option<Arc<ProgressFn>>,
     /// Decompression/write threads (default: the global rayon pool).
     pub threads: Option<usize>,
+    /// How long to keep reconnecting after a failure (default:
+    /// `DEFAULT_RESUME_WINDOW`, enough for a conductor restart).
+    pub resume_window: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -125,7 +128,10 @@ pub fn write_image(
     opts: &WriteOptions,
 ) -> Result<WriteReport, StreamError> {
     let started = Instant::now();
-    let image = HttpImage::open(source)?;
+    let image = HttpImage::open(
+        source,
+        opts.resume_window.unwrap_or(http::DEFAULT_RESUME_WINDOW),
+    )?;
     let layout = layout::plan(&image)?;
     let disk = Target::open(target, layout.virtual_size)?;
     let pool = match opts.threads {

@@ -4,260 +4,16 @@
 //! a wrong checksum, a conductor killed mid-deploy, and refused requests that
 //! change nothing.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "common/conductor.rs"]
+mod common;
+
+use common::*;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-/// Generous: the flows wait on each other, never on a clock for a verdict.
-const WAIT: Duration = Duration::from_secs(180);
-
-struct Conductor {
-    child: Child,
-    url: String,
-}
-
-impl Conductor {
-    fn start(dir: &Path, listen: &str, extra: &[&str]) -> Conductor {
-        let mut child = Command::new(KILN)
-            .args(["conductor", "--listen", listen, "--heartbeat-interval", "1"])
-            .arg("--state")
-            .arg(dir.join("state.db"))
-            .arg("--images")
-            .arg(dir.join("images"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kiln conductor");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("http://"), "conductor printed {line:?}");
-        Conductor {
-            child,
-            url: line.trim().to_string(),
-        }
-    }
-
-    fn port(&self) -> String {
-        self.url.rsplit(':').next().unwrap().to_string()
-    }
-}
-
-impl Drop for Conductor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Agent(Child);
-
-impl Agent {
-    fn start(url: &str, mac: &str, disk: &Path, memory_mb: u64) -> Agent {
-        let child = Command::new(KILN)
-            .args(["agent", "--simulate", "--api-url", url, "--mac", mac])
-            .arg("--disk")
-            .arg(format!("{}:5G", disk.display()))
-            .args(["--memory-mb", &memory_mb.to_string()])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kiln agent");
-        Agent(child)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-/// (status, JSON body or Null)
-fn call(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, Value) {
-    let agent = http();
-    let response = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("POST", body) => {
-            let mut request = agent.post(url);
-            if let Some(token) = token {
-                request = request.header("X-Agent-Token", token);
-            }
-            request.send(body.unwrap_or(""))
-        }
-        ("PUT", body) => agent.put(url).send(body.unwrap_or("")),
-        _ => unreachable!(),
-    };
-    let mut response = response.expect("HTTP call");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn node(conductor: &Conductor, name: &str) -> Value {
-    let (status, node) = call(
-        "GET",
-        &format!("{}/v1/nodes/{name}", conductor.url),
-        None,
-        None,
-    );
-    assert_eq!(status, 200, "{node}");
-    node
-}
-
-fn state(conductor: &Conductor, name: &str) -> String {
-    node(conductor, name)["provision_state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn verb(conductor: &Conductor, name: &str, target: &str) -> (u16, Value) {
-    call(
-        "PUT",
-        &format!("{}/v1/nodes/{name}/states/provision", conductor.url),
-        Some(&json!({ "target": target }).to_string()),
-        None,
-    )
-}
-
-/// Polls until the node reaches `want`; panics naming the state it is stuck in
-/// if it settles in a failed state first.
-fn wait_for(conductor: &Conductor, name: &str, want: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let node = node(conductor, name);
-        let now = node["provision_state"].as_str().unwrap();
-        if now == want {
-            return node;
-        }
-        assert!(
-            !now.ends_with("failed") || want.ends_with("failed"),
-            "{name} is {now}, wanted {want}: {}",
-            node["last_error"]
-        );
-        assert!(
-            started.elapsed() < WAIT,
-            "{name} still {now}, wanted {want}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn qemu_img(args: &[&str]) -> std::process::Output {
-    Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("run qemu-img")
-}
-
-const IMAGE_SIZE: usize = 16 << 20;
-const SECTOR: usize = 512;
-
-/// A 16 MiB GPT disk image (one partition, sgdisk-made) with data in a few
-/// places, converted to qcow2 by qemu-img.
-fn make_image(dir: &Path) -> PathBuf {
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let raw = dir.join("image.raw");
-    std::fs::File::create(&raw)
-        .unwrap()
-        .set_len(IMAGE_SIZE as u64)
-        .unwrap();
-    let out = Command::new("sgdisk")
-        .args(["-n", "1:2048:+12M", "-c", "1:root"])
-        .arg(&raw)
-        .output()
-        .expect("run sgdisk");
-    assert!(out.status.success(), "{out:?}");
-    let mut bytes = std::fs::read(&raw).unwrap();
-    for (i, chunk) in bytes[1 << 20..13 << 20].chunks_mut(4096).enumerate() {
-        if i % 7 == 0 || i < 4 {
-            for (j, byte) in chunk.iter_mut().enumerate() {
-                *byte = (i * 31 + j * 7) as u8 | 1;
-            }
-        }
-    }
-    std::fs::write(&raw, &bytes).unwrap();
-    let qcow2 = images.join("overcloud-full.qcow2");
-    let out = qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw.to_str().unwrap(),
-        qcow2.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    qcow2
-}
-
-/// The disk holds the image as qemu-img decodes it (outside the GPT structures
-/// the config drive rewrites), sgdisk finds the table sound, and a config-2
-/// partition follows the image's own partition.
-fn assert_deployed(image: &Path, disk: &Path) {
-    let oracle = image.with_extension("oracle.raw");
-    let out = qemu_img(&[
-        "convert",
-        "-O",
-        "raw",
-        image.to_str().unwrap(),
-        oracle.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let want = std::fs::read(&oracle).unwrap();
-    let mut got = vec![0u8; IMAGE_SIZE];
-    std::io::Read::read_exact(&mut std::fs::File::open(disk).unwrap(), &mut got).unwrap();
-    let data = 34 * SECTOR..IMAGE_SIZE - 33 * SECTOR;
-    assert!(
-        want[data.clone()] == got[data],
-        "{} does not hold the image",
-        disk.display()
-    );
-    // The protective MBR's boot code stays; its size field grows to the disk.
-    assert_eq!(want[..446], got[..446], "MBR boot code changed");
-    let verify = Command::new("sgdisk").arg("-v").arg(disk).output().unwrap();
-    let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(text.contains("No problems found"), "{text}");
-    let print = Command::new("sgdisk").arg("-p").arg(disk).output().unwrap();
-    let table = String::from_utf8_lossy(&print.stdout);
-    assert!(
-        table.contains("root") && table.contains("config-2"),
-        "{table}"
-    );
-}
-
-fn import(conductor: &Conductor, nodes: Value) {
-    let (status, body) = call(
-        "POST",
-        &format!("{}/v1/nodes", conductor.url),
-        Some(&nodes.to_string()),
-        None,
-    );
-    assert_eq!(status, 201, "{body}");
-}
-
-fn manual_node(name: &str, mac: &str, profile: Option<&str>) -> Value {
-    let mut node = json!({"name": name, "pm_type": "manual", "ports": [{"address": mac}]});
-    if let Some(profile) = profile {
-        node["capabilities"] = json!(format!("profile:{profile}"));
-    }
-    node
+/// The test image: a 16 MiB GPT disk as qcow2 (common::make_image).
+fn make_test_image(dir: &std::path::Path) -> std::path::PathBuf {
+    make_image(dir, "overcloud-full", 16 << 20)
 }
 
 const PLAN: &str = r#"
@@ -272,7 +28,7 @@ roles:
 #[test]
 fn inspect_provide_and_deploy_two_roles_onto_simulated_disks() {
     let dir = tempfile::tempdir().unwrap();
-    let image = make_image(dir.path());
+    let image = make_test_image(dir.path());
     let conductor = Conductor::start(dir.path(), "127.0.0.1:0", &[]);
     let url = conductor.url.clone();
     import(
@@ -452,7 +208,7 @@ fn available_pair(conductor: &Conductor) {
 #[test]
 fn an_image_replaced_after_the_deploy_started_fails_the_deploy() {
     let dir = tempfile::tempdir().unwrap();
-    let image = make_image(dir.path());
+    let image = make_test_image(dir.path());
     let conductor = Conductor::start(dir.path(), "127.0.0.1:0", &[]);
     available_pair(&conductor);
     let (status, body) = call(
@@ -480,7 +236,7 @@ fn an_image_replaced_after_the_deploy_started_fails_the_deploy() {
 #[test]
 fn a_conductor_killed_mid_deploy_resumes_from_its_state_file() {
     let dir = tempfile::tempdir().unwrap();
-    let image = make_image(dir.path());
+    let image = make_test_image(dir.path());
     let first = Conductor::start(dir.path(), "127.0.0.1:0", &[]);
     available_pair(&first);
     let (status, body) = call(
@@ -510,7 +266,7 @@ fn a_conductor_killed_mid_deploy_resumes_from_its_state_file() {
 #[test]
 fn a_silent_node_times_out_and_a_malformed_import_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    make_image(dir.path());
+    make_test_image(dir.path());
     let conductor = Conductor::start(dir.path(), "127.0.0.1:0", &["--callback-timeout", "2"]);
     available_pair(&conductor);
     let bad = json!([manual_node("x", "not-a-mac", None)]).to_string();

@@ -621,19 +621,7 @@ fn inspect_agrees_with_the_image_contents() {
             ))
         })
         .collect();
-    let from_kiln: BTreeSet<_> = os["filesystems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                str_field(f, "device").to_string(),
-                str_field(f, "fstype").to_string(),
-                f["label"].as_str().map(String::from),
-                f["uuid"].as_str().map(String::from),
-            )
-        })
-        .collect();
+    let from_kiln = kiln_filesystems(&os);
     assert_eq!(from_kiln, blkid);
     // Mountpoints as fstab has them, every device one of the image's.
     let fstab: BTreeSet<_> = guest
@@ -813,19 +801,7 @@ fn inspect_agrees_with_virt_inspector() {
             )
         })
         .collect();
-    let ours: BTreeSet<_> = os["filesystems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                str_field(f, "device").to_string(),
-                str_field(f, "fstype").to_string(),
-                f["label"].as_str().map(String::from),
-                f["uuid"].as_str().map(String::from),
-            )
-        })
-        .collect();
+    let ours = kiln_filesystems(&os);
     assert_eq!(ours, their_filesystems);
 }
 
@@ -848,4 +824,24 @@ fn ls_lists_what_debugfs_lists_and_refuses_what_is_no_directory() {
         assert!(!out.status.success(), "ls {path} succeeded");
         assert!(stderr.contains(&format!("{path} {complaint}")), "{stderr}");
     }
+}
+
+/// (device, type, label, UUID) of every filesystem `kiln image inspect --json`
+/// reports for one OS.
+fn kiln_filesystems(
+    os: &serde_json::Value,
+) -> BTreeSet<(String, String, Option<String>, Option<String>)> {
+    os["filesystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                str_field(f, "device").to_string(),
+                str_field(f, "fstype").to_string(),
+                f["label"].as_str().map(String::from),
+                f["uuid"].as_str().map(String::from),
+            )
+        })
+        .collect()
 }

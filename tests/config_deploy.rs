@@ -6,7 +6,10 @@
 //! plan update reaches the next apply over HTTP; a failing refresh script is
 //! reported by name; wrong tokens get 401.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+#[path = "common/conductor.rs"]
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,30 +31,10 @@ impl Drop for Running {
 }
 
 /// `kiln conductor` on a free loopback port; its URL.
-fn start_conductor(dir: &Path, extra: &[&str]) -> (Running, String) {
-    let mut child = Command::new(KILN)
-        .args([
-            "conductor",
-            "--listen",
-            "127.0.0.1:0",
-            "--heartbeat-interval",
-            "1",
-        ])
-        .arg("--state")
-        .arg(dir.join("state.db"))
-        .arg("--images")
-        .arg(dir.join("images"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kiln conductor");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("http://"), "conductor printed {line:?}");
-    (Running(child), line.trim().to_string())
+fn start_conductor(dir: &Path, extra: &[&str]) -> (common::Conductor, String) {
+    let conductor = common::Conductor::start(dir, "127.0.0.1:0", extra);
+    let url = conductor.url.clone();
+    (conductor, url)
 }
 
 fn http() -> ureq::Agent {
@@ -232,7 +215,7 @@ impl Node {
 
 /// A conductor (with `extra` options) that deployed `plan("one")` onto one
 /// simulated node "ctl"; the node's disk file.
-fn deploy_one(dir: &Path, extra: &[&str]) -> (Running, String, PathBuf) {
+fn deploy_one(dir: &Path, extra: &[&str]) -> (common::Conductor, String, PathBuf) {
     make_image(dir);
     let (conductor, url) = start_conductor(dir, extra);
     let import = json!([{"name": "ctl", "pm_type": "manual",

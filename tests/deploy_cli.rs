@@ -4,53 +4,29 @@
 //! and the whole inspect -> provide -> deploy -> undeploy flow with simulated
 //! agents, driven only through the CLI, puts the image on the disks.
 
-use std::io::{BufRead, BufReader};
+#[path = "common/conductor.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-struct Conductor {
-    child: Child,
-    url: String,
-}
+/// The shared conductor process, driven here through the CLI.
+struct Conductor(common::Conductor);
 
 impl Conductor {
     fn start(dir: &Path) -> Conductor {
         std::fs::create_dir_all(dir.join("images")).unwrap();
-        let mut child = Command::new(KILN)
-            .args([
-                "conductor",
-                "--listen",
-                "127.0.0.1:0",
-                "--heartbeat-interval",
-                "1",
-            ])
-            .arg("--state")
-            .arg(dir.join("state.db"))
-            .arg("--images")
-            .arg(dir.join("images"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kiln conductor");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("http://"), "conductor printed {line:?}");
-        Conductor {
-            child,
-            url: line.trim().to_string(),
-        }
+        Conductor(common::Conductor::start(dir, "127.0.0.1:0", &[]))
     }
 
     /// Runs `kiln ARGS --url URL`: (exit code, stdout, stderr).
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--url", &self.url]);
+        all.extend(["--url", &self.0.url]);
         kiln(&all, &[])
     }
 
@@ -66,13 +42,6 @@ impl Conductor {
             .into_iter()
             .find(|node| node["name"] == name)
             .unwrap_or_else(|| panic!("no node {name}"))
-    }
-}
-
-impl Drop for Conductor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -334,29 +303,7 @@ fn rules_and_plans_are_checked_before_the_conductor_acts() {
     assert_eq!(out.trim(), "");
 }
 
-/// A simulated node's agent process, killed at the end of the test.
-struct Agent(Child);
-
-impl Agent {
-    fn start(url: &str, mac: &str, disk: &Path, memory_mb: u64) -> Agent {
-        let child = Command::new(KILN)
-            .args(["agent", "--simulate", "--api-url", url, "--mac", mac])
-            .arg("--disk")
-            .arg(format!("{}:5G", disk.display()))
-            .args(["--memory-mb", &memory_mb.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start kiln agent");
-        Agent(child)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Agent;
 
 fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
@@ -410,7 +357,7 @@ fn inspect_provide_deploy_and_undeploy_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let conductor = Conductor::start(dir.path());
     let image = make_image(dir.path());
-    let url = conductor.url.clone();
+    let url = conductor.0.url.clone();
     let nodes = write(
         dir.path(),
         "nodes.yaml",
@@ -557,7 +504,7 @@ fn a_wait_ends_with_exit_1_on_a_failed_state_or_its_timeout() {
     assert!(out.contains("inspect failed"), "{out}");
 
     let disk = dir.path().join("c.img");
-    let _agent = Agent::start(&conductor.url, "52:54:00:00:02:0c", &disk, 2048);
+    let _agent = Agent::start(&conductor.0.url, "52:54:00:00:02:0c", &disk, 2048);
     let (code, _, err) =
         conductor.kiln(&["node", "inspect", "node-c", "--wait", "--timeout", "300"]);
     assert_eq!(code, 1);

@@ -266,11 +266,11 @@ impl PowerDriver for IpmiDriver {
     }
 
     fn reboot(&self) -> Result<()> {
-        // A power cycle is refused by BMCs while the chassis is off.
-        match self.power_state()? {
-            PowerState::On => self.run(&["chassis", "power", "cycle"])?,
-            PowerState::Off => self.run(&["chassis", "power", "on"])?,
-        };
+        // Off then on rather than `power cycle`: both steps can be retried
+        // safely, where a cycle whose answer was lost would be sent twice, and
+        // BMCs refuse a cycle while the chassis is off.
+        self.power_off()?;
+        self.run(&["chassis", "power", "on"])?;
         Ok(())
     }
 

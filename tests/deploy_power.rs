@@ -326,6 +326,7 @@ fn ipmi_wrong_password_is_a_clear_error_naming_node_and_bmc() {
         .power_on()
         .unwrap_err()
         .to_string();
+    eprintln!("wrong password: {err}");
     assert!(err.contains("ipmi-node"), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{}", bmc.port)), "{err}");
     assert!(
@@ -707,6 +708,7 @@ fn redfish_refuses_an_untrusted_certificate_and_wrong_password() {
         .power_state()
         .unwrap_err()
         .to_string();
+    eprintln!("untrusted certificate: {err}");
     assert!(err.contains("redfish-node"), "{err}");
     assert!(
         err.contains(&format!("https://127.0.0.1:{}", bmc.port)),

@@ -147,11 +147,20 @@ impl IpmiDriver {
         match status {
             Some(Ok(status)) if status.success() => Ok(stdout),
             Some(Ok(status)) => {
-                let text = stderr.trim();
-                let text = if text.is_empty() { stdout.trim() } else { text };
+                let text = if stderr.trim().is_empty() {
+                    &stdout
+                } else {
+                    &stderr
+                };
+                let text = one_line(text);
+                let hint = if text.contains("RMCP+ session") {
+                    " (wrong pm_user or pm_password, or the BMC is unreachable?)"
+                } else {
+                    ""
+                };
                 Err(Failure {
-                    message: format!("{status}: {text}"),
-                    permanent: is_permanent(text),
+                    permanent: is_permanent(&text),
+                    message: format!("{status}: {text}{hint}"),
                 })
             }
             Some(Err(e)) => Err(Failure {
@@ -162,7 +171,7 @@ impl IpmiDriver {
                 message: format!(
                     "no answer within {} s (killed); {}",
                     s.command_timeout.as_secs(),
-                    stderr.trim()
+                    one_line(&stderr)
                 ),
                 permanent: false,
             }),
@@ -205,6 +214,15 @@ fn wait_with_timeout(
             Err(e) => return Some(Err(e)),
         }
     }
+}
+
+/// ipmitool's several lines of complaint as one, for log lines and API errors.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// ipmitool's messages for refused credentials and bad requests.

@@ -458,7 +458,10 @@ def outer(env, start_response):
     import io
     env["wsgi.input"] = io.BytesIO(raw)
     token = env.get("HTTP_X_AUTH_TOKEN")
-    log({"method": method, "path": path, "body": json.loads(raw) if raw else None,
+    body = json.loads(raw) if raw else None
+    if isinstance(body, dict) and "Password" in body:
+        body = dict(body, Password="***")
+    log({"method": method, "path": path, "body": body,
          "if_match": env.get("HTTP_IF_MATCH"),
          "auth": "session" if token else ("basic" if env.get("HTTP_AUTHORIZATION") else None)})
     if method == "POST" and path == SESSIONS:

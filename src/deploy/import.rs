@@ -171,6 +171,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "qemu_memory_mb",
     "qemu_cpus",
     "qemu_firmware",
+    "redfish_verify_ca",
+    "redfish_auth_type",
 ];
 
 /// What duplicate detection needs of a node, valid or not.

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::{ConductorError, Result};
+use crate::deploy::power::ipmi::{IpmiDriver, IpmiSettings};
 use crate::deploy::power::manual::ManualDriver;
 use crate::deploy::power::qemu::{Firmware, QemuDriver, QemuNode};
+use crate::deploy::power::redfish::{RedfishAuth, RedfishDriver, RedfishSettings, VerifyCa};
 use crate::deploy::power::{PowerDriver, PowerState};
 use crate::deploy::store::{self, Driver, Node, QemuFirmware};
 
@@ -108,11 +110,45 @@ impl Drivers {
                 };
                 Ok(Arc::new(QemuDriver::new(qemu_node)?))
             }
-            // seam: ipmi and redfish drivers come with issue 8.
-            other => Err(ConductorError::NotImplemented(format!(
-                "node {}: the {other} power driver is not available yet",
-                node.name
-            ))),
+            Driver::Ipmi => {
+                let (addr, user, password) = bmc_credentials(node)?;
+                let mut settings = IpmiSettings::new(addr, user, password);
+                if let Some(port) = node.driver_info.pm_port {
+                    settings.port = port;
+                }
+                Ok(Arc::new(IpmiDriver::new(&node.name, settings)))
+            }
+            Driver::Redfish => {
+                let (addr, user, password) = bmc_credentials(node)?;
+                let info = &node.driver_info;
+                let mut settings = RedfishSettings::new(addr, info.pm_port, user, password);
+                settings.system_id = info.pm_system_id.clone();
+                settings.verify = VerifyCa::from_driver_info(info.redfish_verify_ca.as_deref());
+                if info.redfish_auth_type.as_deref() == Some("session") {
+                    settings.auth = RedfishAuth::Session;
+                }
+                let driver = RedfishDriver::new(&node.name, settings)
+                    .map_err(|e| ConductorError::BadRequest(e.to_string()))?;
+                Ok(Arc::new(driver))
+            }
         }
     }
+}
+
+/// pm_addr, pm_user and pm_password, which BMC drivers cannot do without.
+fn bmc_credentials<'a>(node: &'a Node) -> Result<(&'a str, &'a str, &'a str)> {
+    let info = &node.driver_info;
+    let field = |value: Option<&'a str>, name: &str| {
+        value.ok_or_else(|| {
+            ConductorError::BadRequest(format!(
+                "node {}: the {} driver needs {name}",
+                node.name, node.driver
+            ))
+        })
+    };
+    Ok((
+        field(info.pm_addr.as_deref(), "pm_addr")?,
+        field(info.pm_user.as_deref(), "pm_user")?,
+        field(info.pm_password.as_deref(), "pm_password")?,
+    ))
 }

@@ -274,6 +274,19 @@ pub(super) fn read_driver_info(
         qemu_memory_mb: reader.number("qemu_memory_mb"),
         qemu_cpus,
         qemu_firmware,
+        redfish_verify_ca: read_verify_ca(reader),
+        redfish_auth_type: reader.string("redfish_auth_type").and_then(|text| {
+            let lower = text.to_ascii_lowercase();
+            if lower == "basic" || lower == "session" {
+                Some(lower)
+            } else {
+                reader.problem(
+                    "redfish_auth_type",
+                    format!("expected basic or session, got \"{text}\""),
+                );
+                None
+            }
+        }),
     };
     let Some(driver) = driver else {
         return info;
@@ -311,4 +324,17 @@ pub(super) fn read_driver_info(
         Driver::Manual => {}
     }
     info
+}
+
+/// `redfish_verify_ca`: a boolean (true or false, also as a string) or a CA file path.
+fn read_verify_ca(reader: &mut NodeReader<'_>) -> Option<String> {
+    if let Some(Value::Bool(verify)) = reader.fields.get("redfish_verify_ca") {
+        return Some(verify.to_string());
+    }
+    let text = reader.string("redfish_verify_ca")?;
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => Some("true".to_string()),
+        "false" | "no" | "0" => Some("false".to_string()),
+        _ => Some(text),
+    }
 }

@@ -187,3 +187,37 @@ fn malformed_documents_name_the_file() {
         "n.yaml: expected a list of nodes or a mapping with a \"nodes\" list, found a number"
     );
 }
+
+#[test]
+fn redfish_tls_and_auth_fields_are_read_and_checked() {
+    let text = r#"{"nodes": [
+      {"name": "rf-0", "pm_type": "redfish", "pm_addr": "bmc0", "pm_user": "u",
+       "pm_password": "p", "pm_system_id": "1", "mac": ["52:54:00:cc:00:01"],
+       "redfish_verify_ca": false, "redfish_auth_type": "Session"},
+      {"name": "rf-1", "pm_type": "redfish", "pm_addr": "bmc1", "pm_user": "u",
+       "pm_password": "p", "pm_system_id": "1", "mac": ["52:54:00:cc:00:02"],
+       "redfish_verify_ca": "/etc/kiln/bmc-ca.pem"}]}"#;
+    let nodes = parse_nodes(text, "nodes.json").unwrap();
+    assert_eq!(
+        nodes[0].driver_info.redfish_verify_ca.as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        nodes[0].driver_info.redfish_auth_type.as_deref(),
+        Some("session")
+    );
+    assert_eq!(
+        nodes[1].driver_info.redfish_verify_ca.as_deref(),
+        Some("/etc/kiln/bmc-ca.pem")
+    );
+    assert_eq!(nodes[1].driver_info.redfish_auth_type, None);
+
+    let bad = text.replace("\"Session\"", "\"kerberos\"");
+    let problems = problems_of(parse_nodes(&bad, "nodes.json").unwrap_err());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("redfish_auth_type") && p.contains("kerberos")),
+        "{problems:?}"
+    );
+}

@@ -2,10 +2,12 @@
 //! what it boots from (Ironic's power and management interfaces in one trait).
 //!
 //! `manual` asks an operator; `qemu` runs virtual nodes for development and
-//! tests. Later drivers (ipmi, redfish) implement the same trait.
+//! tests; `ipmi` runs ipmitool against a BMC; `redfish` speaks Redfish to one.
 
+pub mod ipmi;
 pub mod manual;
 pub mod qemu;
+pub mod redfish;
 
 use std::fmt;
 use std::str::FromStr;

@@ -82,6 +82,13 @@ pub struct DriverInfo {
     pub qemu_cpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_firmware: Option<QemuFirmware>,
+    /// redfish: "true" (the default: the system's web roots), "false" (no
+    /// verification), or the path of a PEM file of CA certificates to trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redfish_verify_ca: Option<String>,
+    /// redfish: "basic" (the default) or "session" authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redfish_auth_type: Option<String>,
 }
 
 impl DriverInfo {

@@ -6,6 +6,15 @@
 //! busybox VM from their own disk under OVMF. Afterwards each disk holds the
 //! image (checked against `qemu-img convert`'s decoding) and a config-2
 //! partition whose files mtools copies out and cloud-init's reader accepts.
+//!
+//! Role config (issue 7): the deployed image carries kiln's config service
+//! (role-config) and a template and configure.d script (fixture element
+//! e2e-role). At first boot each node finds its config drive, renders its
+//! role's metadata and reports; the conductor shows both `configured`. Then
+//! `kiln deploy update` changes the role config while the nodes run: their
+//! polling fetches the new metadata from the conductor and re-applies it. After
+//! power-off each disk holds the newly rendered file and a refresh log that
+//! shows the first-boot value, then the updated one.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -23,6 +32,7 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 const INSPECT_WAIT: Duration = Duration::from_secs(300);
 const DEPLOY_WAIT: Duration = Duration::from_secs(420);
 const BOOT_WAIT: Duration = Duration::from_secs(300);
+const CONFIG_WAIT: Duration = Duration::from_secs(300);
 const GIB: u64 = 1 << 30;
 const SECTOR: u64 = 512;
 
@@ -30,6 +40,9 @@ struct NodeSpec {
     name: &'static str,
     mac: &'static str,
     memory_mb: u64,
+    /// The role's `e2e.value` in fixtures/deploy/e2e/plan.yaml (the update
+    /// plan has -v2 for -v1).
+    value: &'static str,
 }
 
 const NODES: [NodeSpec; 2] = [
@@ -37,11 +50,13 @@ const NODES: [NodeSpec; 2] = [
         name: "node-big",
         mac: "52:54:00:6b:00:01",
         memory_mb: 1536,
+        value: "controller-v1",
     },
     NodeSpec {
         name: "node-small",
         mac: "52:54:00:6b:00:02",
         memory_mb: 1024,
+        value: "compute-v1",
     },
 ];
 
@@ -49,10 +64,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn build(recipe: &str, out: &Path) -> Output {
+fn build(recipe: &Path, out: &Path) -> Output {
     Command::new(KILN)
         .args(["image", "build"])
-        .arg(repo().join("recipes").join(recipe))
+        .arg(recipe)
+        .arg("--elements-path")
+        .arg(repo().join("fixtures/deploy/e2e/elements"))
         .arg("-o")
         .arg(out)
         .env("DIB_KILN_BINARY", KILN)
@@ -379,7 +396,8 @@ fn ext4_tree(work: &Path, disk: &Path, part: &Partition, tag: &str) -> PathBuf {
 /// The disk holds the image: outside the root filesystem (which the booted VM
 /// mounted read-write) and the GPT structures (the config drive rewrote the
 /// table) byte for byte; the root filesystem's files all as in the image.
-fn assert_disk_holds_image(work: &Path, oracle: &Path, disk: &Path, tag: &str) {
+/// Returns the disk's root filesystem tree.
+fn assert_disk_holds_image(work: &Path, oracle: &Path, disk: &Path, tag: &str) -> PathBuf {
     let image_size = fs::metadata(oracle).unwrap().len();
     let image_parts = partitions(oracle);
     let root = image_parts
@@ -421,6 +439,8 @@ fn assert_disk_holds_image(work: &Path, oracle: &Path, disk: &Path, tag: &str) {
     let want = ext4_tree(work, oracle, &root, &format!("{tag}-image-root"));
     let got = ext4_tree(work, disk, &root, &format!("{tag}-disk-root"));
     assert_tree_contains(&want, &got);
+    let _ = fs::remove_dir_all(&want);
+    got
 }
 
 /// The config-2 partition: last on the disk, a clean FAT labelled config-2;
@@ -522,6 +542,37 @@ print(json.dumps(r["metadata"]))
     Some(serde_json::from_str(out.trim()).unwrap())
 }
 
+/// The node's config report (GET /v1/nodes/{name} `config`) once it is
+/// `configured` for the node's current metadata and, if given, not for
+/// `previous_sha`; panics on `config failed` or when the limit passes.
+fn wait_configured(
+    conductor: &Conductor,
+    name: &str,
+    previous_sha: Option<&str>,
+    limit: Duration,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let config = node(conductor, name)["config"].clone();
+        let fresh = previous_sha.is_none_or(|sha| config["metadata_sha256"] != sha);
+        if config["state"] == "configured" && config["current"] == true && fresh {
+            return config;
+        }
+        if config["state"] == "config failed" || started.elapsed() > limit {
+            panic!(
+                "{name}: config {config}\nconsole:\n{}",
+                console_tail(conductor, name)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// What the image's template renders into /etc/kiln-role.
+fn kiln_role(role: &str, hostname: &str, value: &str) -> String {
+    format!("role={role}\nhostname={hostname}\nvalue={value}\n")
+}
+
 /// Profiles by the memory the agent reports (control from 1280 MiB).
 const RULES: &str = include_str!("../fixtures/deploy/e2e/rules.yaml");
 /// One Controller (profile control) and one Compute (profile compute).
@@ -539,20 +590,21 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
     let vm_out = work.join("vm");
     let vm_build = {
         let vm_out = vm_out.clone();
-        std::thread::spawn(move || build("busybox-vm.yaml", &vm_out))
+        let recipe = repo().join("fixtures/deploy/e2e/busybox-vm-config.yaml");
+        std::thread::spawn(move || build(&recipe, &vm_out))
     };
     let ramdisk_out = work.join("ramdisk");
-    let ramdisk = build("deploy-ramdisk.yaml", &ramdisk_out);
+    let ramdisk = build(&repo().join("recipes/deploy-ramdisk.yaml"), &ramdisk_out);
     assert!(
         ramdisk.status.success(),
         "deploy ramdisk build: {ramdisk:?}"
     );
     let vm = vm_build.join().unwrap();
-    assert!(vm.status.success(), "busybox-vm build: {vm:?}");
+    assert!(vm.status.success(), "busybox-vm-config build: {vm:?}");
     let images = work.join("images");
     fs::create_dir_all(&images).unwrap();
-    let image = images.join("busybox-vm.qcow2");
-    fs::rename(vm_out.join("busybox-vm.qcow2"), &image).unwrap();
+    let image = images.join("busybox-vm-config.qcow2");
+    fs::rename(vm_out.join("busybox-vm-config.qcow2"), &image).unwrap();
     eprintln!("e2e: images built after {:?}", started.elapsed());
 
     let mut child = Command::new(KILN)
@@ -567,6 +619,9 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
         .arg(ramdisk_out.join("deploy.initramfs"))
         .args(["--kernel-append", "console=ttyS0,115200"])
         .args(["--heartbeat-interval", "2"])
+        // Deployed nodes reach the conductor's config endpoints through
+        // qemu's relay (src/deploy/power/qemu.rs), as the deploy ramdisk does.
+        .args(["--public-url", "http://10.0.2.100"])
         // TCG boots are slow; these only bound a hung node.
         .args(["--inspect-timeout", "400", "--callback-timeout", "400"])
         .stdout(Stdio::piped())
@@ -741,6 +796,55 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
         started.elapsed()
     );
 
+    // First boot: each node read its config drive, rendered, ran configure.d
+    // and reported; the conductor shows it configured, node and deployment.
+    let mut first_sha = BTreeMap::new();
+    for n in &NODES {
+        let config = wait_configured(&conductor, n.name, None, CONFIG_WAIT);
+        assert!(config["script"].is_null(), "{}: {config}", n.name);
+        first_sha.insert(
+            n.name,
+            config["metadata_sha256"].as_str().unwrap().to_string(),
+        );
+    }
+    let (status, deployment) = call("GET", &format!("{url}/v1/deployments/overcloud"), None);
+    assert_eq!(status, 200, "{deployment}");
+    for n in &NODES {
+        let entry = deployment["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["node"] == n.name)
+            .unwrap_or_else(|| panic!("{} not in {deployment}", n.name));
+        assert_eq!(entry["config"]["state"], "configured", "{deployment}");
+        assert_eq!(entry["config"]["current"], true, "{deployment}");
+        assert_eq!(
+            entry["config"]["metadata_sha256"], first_sha[n.name],
+            "{deployment}"
+        );
+    }
+    eprintln!(
+        "e2e: both nodes configured at first boot after {:?}",
+        started.elapsed()
+    );
+
+    // A config change while the nodes run, through the operator's command: the
+    // nodes' polling fetches it from the conductor and applies it.
+    let plan_v2 = work.join("plan-v2.yaml");
+    fs::write(&plan_v2, PLAN.replace("-v1", "-v2")).unwrap();
+    let table = run(Command::new(KILN)
+        .args(["deploy", "--url", &url, "update"])
+        .arg(&plan_v2));
+    eprintln!("e2e: kiln deploy update:\n{table}");
+    for n in &NODES {
+        let config = wait_configured(&conductor, n.name, Some(&first_sha[n.name]), CONFIG_WAIT);
+        assert!(config["script"].is_null(), "{}: {config}", n.name);
+    }
+    eprintln!(
+        "e2e: both nodes applied the update after {:?}",
+        started.elapsed()
+    );
+
     for n in &NODES {
         let (status, body) = call(
             "PUT",
@@ -763,11 +867,33 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
     for n in &NODES {
         let disk = &disks[n.name];
         let node = &deployed[n.name];
-        assert_disk_holds_image(work, &oracle, disk, n.name);
+        let root = assert_disk_holds_image(work, &oracle, disk, n.name);
+        let role = node["instance_info"]["role"].as_str().unwrap();
+        let hostname = node["instance_info"]["hostname"].as_str().unwrap();
+        // The file rendered from the image's template holds the update...
+        let updated = n.value.replace("-v1", "-v2");
+        let rendered = fs::read_to_string(root.join("etc/kiln-role"))
+            .unwrap_or_else(|e| panic!("{}: /etc/kiln-role: {e}", n.name));
+        assert_eq!(rendered, kiln_role(role, hostname, &updated), "{}", n.name);
+        // ...and configure.d's log shows the first-boot value, then the update
+        // (a line per refresh, the rendered file's lines joined by spaces).
+        let applied = fs::read_to_string(root.join("var/lib/kiln-e2e/applied"))
+            .unwrap_or_else(|e| panic!("{}: configure.d log: {e}", n.name));
+        let line = |value: &str| kiln_role(role, hostname, value).replace('\n', " ");
+        let (first, second) = (line(n.value), line(&updated));
+        let lines: Vec<&str> = applied.lines().collect();
+        assert!(
+            lines.first() == Some(&first.as_str())
+                && lines.last() == Some(&second.as_str())
+                && lines.iter().all(|l| *l == first || *l == second)
+                && lines.is_sorted_by_key(|l| *l == second),
+            "{}: configure.d log:\n{applied}",
+            n.name
+        );
+        let _ = fs::remove_dir_all(&root);
         let tree = config_drive_tree(work, disk, n.name);
         let latest = tree.join("openstack/latest");
         let meta = read_json(&latest.join("meta_data.json"));
-        let hostname = node["instance_info"]["hostname"].as_str().unwrap();
         assert_eq!(meta["uuid"], node["uuid"], "{meta}");
         assert_eq!(meta["hostname"], hostname, "{meta}");
         assert_eq!(meta["name"], hostname, "{meta}");
@@ -782,6 +908,17 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
             "{network}"
         );
         let config = read_json(&latest.join("kiln_config.json"));
+        // Written at deploy time: the first value, and the conductor as the
+        // node reaches it.
+        assert_eq!(config["e2e"]["value"], n.value, "{config}");
+        assert_eq!(
+            config["kiln"]["metadata_url"],
+            format!(
+                "http://10.0.2.100/v1/nodes/{}/metadata",
+                node["uuid"].as_str().unwrap()
+            ),
+            "{config}"
+        );
         if n.name == "node-big" {
             assert_eq!(config["ntp"]["servers"], json!(["10.0.0.1"]), "{config}");
             assert_eq!(

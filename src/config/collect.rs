@@ -28,8 +28,13 @@ pub enum CollectError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("config drive {device} could not be mounted: {detail}")]
-    Mount { device: PathBuf, detail: String },
+    #[error("config drive {device}: neither an ISO9660 nor a FAT filesystem")]
+    UnknownDrive { device: PathBuf },
+    #[error("config drive {device}: {source}")]
+    Iso {
+        device: PathBuf,
+        source: crate::format::iso9660::IsoReadError,
+    },
     #[error("config drive {device}: {source}")]
     Fat {
         device: PathBuf,

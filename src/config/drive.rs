@@ -1,17 +1,15 @@
 //! The config drive: a FAT or ISO9660 filesystem labelled config-2 holding
 //! `openstack/latest/` (meta_data.json, network_data.json, user_data and
-//! kiln's role metadata kiln_config.json). FAT is read by kiln itself, so
-//! no vfat driver is needed; ISO9660 is mounted read-only in a private
-//! mount namespace that dies with its helper process.
+//! kiln's role metadata kiln_config.json). Both are read by kiln itself, so
+//! neither a vfat nor an isofs kernel driver is needed, and nothing is mounted.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::collect::{CollectError, Collector};
 use super::value::{self, Value};
 use crate::format::fat::read::FatVolume;
+use crate::format::iso9660::{IsoReadError, IsoVolume};
 
 /// The label a config drive carries (compared without case).
 pub const CONFIG_DRIVE_LABEL: &str = "config-2";
@@ -34,20 +32,11 @@ pub struct ConfigDrive {
     pub location: DriveLocation,
 }
 
-/// The ISO9660 volume identifier, if `dev` holds ISO9660.
-fn iso9660_label(dev: &mut File) -> Option<String> {
-    let mut pvd = [0u8; 2048];
-    dev.seek(SeekFrom::Start(16 * 2048)).ok()?;
-    dev.read_exact(&mut pvd).ok()?;
-    (pvd[0] == 1 && &pvd[1..6] == b"CD001")
-        .then(|| String::from_utf8_lossy(&pvd[40..72]).trim_end().to_string())
-}
-
-/// The filesystem label of a device or image: FAT or ISO9660.
+/// The filesystem label of a device or image: ISO9660 or FAT.
 pub fn probe_label(path: &Path) -> Option<String> {
-    let mut dev = File::open(path).ok()?;
-    if let Some(label) = iso9660_label(&mut dev) {
-        return Some(label);
+    let dev = File::open(path).ok()?;
+    if let Ok(volume) = IsoVolume::open(&dev) {
+        return Some(volume.label().to_string());
     }
     FatVolume::open(dev).ok()?.label().ok()
 }
@@ -148,56 +137,39 @@ fn read_fat(device: &Path) -> Result<Option<Value>, CollectError> {
     .map(Some)
 }
 
-/// Mount read-only in a private mount namespace and copy `openstack/latest`
-/// out; the namespace, and so the mount, ends with the helper process.
-fn read_mounted(device: &Path) -> Result<Option<Value>, CollectError> {
-    let temp = tempfile::tempdir().map_err(|source| CollectError::Read {
-        path: std::env::temp_dir(),
+/// Read an ISO9660 drive with kiln's own reader; None when it is not ISO9660.
+fn read_iso(device: &Path) -> Result<Option<Value>, CollectError> {
+    let file = File::open(device).map_err(|source| CollectError::Read {
+        path: device.to_path_buf(),
         source,
     })?;
-    let (mount_point, copy) = (temp.path().join("mnt"), temp.path().join("copy"));
-    let latest_copy = copy.join(LATEST);
-    for dir in [&mount_point, &latest_copy] {
-        std::fs::create_dir_all(dir).map_err(|source| CollectError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-    }
-    let script = r#"mount -r "$1" "$2" || exit 1
-if [ -d "$2/openstack/latest" ]; then cp -r "$2/openstack/latest/." "$3/"; fi"#;
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(device)
-        .arg(&mount_point)
-        .arg(&latest_copy)
-        .output()
-        .map_err(|e| CollectError::Mount {
-            device: device.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(CollectError::Mount {
-            device: device.to_path_buf(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    read_folder(&copy)
+    let iso_err = |source| CollectError::Iso {
+        device: device.to_path_buf(),
+        source,
+    };
+    let volume = match IsoVolume::open(&file) {
+        Ok(volume) => volume,
+        Err(IsoReadError::NotIso(_)) => return Ok(None),
+        Err(e) => return Err(iso_err(e)),
+    };
+    drive_metadata(device, |name| {
+        volume
+            .read_file(&format!("{LATEST}/{name}"))
+            .map_err(iso_err)
+    })
+    .map(Some)
 }
 
-/// Read a config drive device or image: FAT directly, anything else mounted.
+/// Read a config drive device or image: ISO9660 or FAT, both without mounting.
 pub fn read_device(device: &Path) -> Result<Option<Value>, CollectError> {
+    if let Some(v) = read_iso(device)? {
+        return Ok(Some(v));
+    }
     match read_fat(device)? {
         Some(v) => Ok(Some(v)),
-        None => read_mounted(device),
+        None => Err(CollectError::UnknownDrive {
+            device: device.to_path_buf(),
+        }),
     }
 }
 

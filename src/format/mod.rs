@@ -5,6 +5,7 @@ pub mod configdrive;
 pub mod cpio;
 pub mod deb;
 pub mod fat;
+pub mod iso9660;
 pub mod gpt;
 pub mod initrd;
 pub mod pkgarchive;

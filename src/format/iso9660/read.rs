@@ -134,7 +134,8 @@ impl<'a> IsoVolume<'a> {
     fn child_name(&self, r: &Record) -> Result<String, IsoReadError> {
         Ok(match self.naming {
             Naming::RockRidge { skip } => {
-                let entries = susp::entries(&r.system_use, skip, |b, o, l| self.read_area(b, o, l))?;
+                let entries =
+                    susp::entries(&r.system_use, skip, |b, o, l| self.read_area(b, o, l))?;
                 match susp::rock_ridge_name(&entries) {
                     Some(raw) => String::from_utf8_lossy(&raw).into_owned(),
                     None => name::plain(&r.identifier),
@@ -229,5 +230,62 @@ impl<'a> IsoVolume<'a> {
             out.extend(self.read_extent(path, block, len.into(), MAX_FILE)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::iso9660::record::encode;
+
+    /// A plain ISO9660 volume: descriptors at 16 and 17, the root folder at
+    /// block 18 with `HELLO.TXT;1` (block 19) and `far` (pointing at `far_block`).
+    fn volume(far_block: u32, far_size: u32) -> Vec<u8> {
+        let mut img = vec![0u8; 20 * 2048];
+        let pvd = &mut img[16 * 2048..17 * 2048];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[40..72].copy_from_slice(&[b' '; 32]);
+        pvd[40..48].copy_from_slice(b"CONFIG-2");
+        pvd[80..84].copy_from_slice(&20u32.to_le_bytes());
+        pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+        let root = encode(18, 2048, 0x02, &[0], b"");
+        pvd[156..156 + root.len()].copy_from_slice(&root);
+        img[17 * 2048] = 255;
+        img[17 * 2048 + 1..17 * 2048 + 6].copy_from_slice(b"CD001");
+        let mut dir = Vec::new();
+        dir.extend(encode(18, 2048, 0x02, &[0], b""));
+        dir.extend(encode(18, 2048, 0x02, &[1], b""));
+        dir.extend(encode(19, 5, 0, b"HELLO.TXT;1", b""));
+        dir.extend(encode(far_block, far_size, 0, b"FAR.;1", b""));
+        img[18 * 2048..18 * 2048 + dir.len()].copy_from_slice(&dir);
+        img[19 * 2048..19 * 2048 + 5].copy_from_slice(b"hello");
+        img
+    }
+
+    #[test]
+    fn plain_names_are_found_without_case() {
+        let img = volume(19, 1);
+        let v = IsoVolume::open(&img).unwrap();
+        assert_eq!((v.label(), v.naming()), ("CONFIG-2", Naming::Plain));
+        assert_eq!(v.read_file("/hello.txt").unwrap().unwrap(), b"hello");
+        assert_eq!(v.read_file("far").unwrap().unwrap(), b"h");
+        assert_eq!(v.read_file("hello.txt/x").unwrap(), None);
+    }
+
+    #[test]
+    fn extents_outside_the_volume_are_refused() {
+        let img = volume(25, 10);
+        let v = IsoVolume::open(&img).unwrap();
+        assert!(matches!(
+            v.read_file("FAR"),
+            Err(IsoReadError::OutsideVolume { block: 25, .. })
+        ));
+        let img = volume(19, u32::MAX);
+        let v = IsoVolume::open(&img).unwrap();
+        assert!(matches!(
+            v.read_file("far"),
+            Err(IsoReadError::TooLarge { .. })
+        ));
     }
 }

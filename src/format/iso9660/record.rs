@@ -37,7 +37,7 @@ impl Record {
             return Err("identifier length does not fit the record");
         }
         // The identifier is padded to an even offset before the system use area.
-        let su_start = (name_end + (name_end + 1) % 2).min(len);
+        let su_start = (name_end + name_end % 2).min(len);
         Ok(Record {
             extent: le32(raw, 2),
             size: le32(raw, 10),
@@ -95,7 +95,7 @@ pub fn records(bytes: &[u8]) -> impl Iterator<Item = (usize, Result<Record, &'st
 #[cfg(test)]
 pub(crate) fn encode(extent: u32, size: u32, flags: u8, identifier: &[u8], su: &[u8]) -> Vec<u8> {
     let name_end = FIXED_LEN + identifier.len();
-    let pad = (name_end + 1) % 2;
+    let pad = name_end % 2;
     let len = name_end + pad + su.len();
     let mut r = vec![0u8; len];
     r[0] = len as u8;
@@ -144,5 +144,34 @@ mod tests {
         dir[2048..2048 + b.len()].copy_from_slice(&b);
         let names: Vec<Vec<u8>> = records(&dir).map(|(_, r)| r.unwrap().identifier).collect();
         assert_eq!(names, vec![b"A;1".to_vec(), b"B;1".to_vec()]);
+    }
+}
+
+#[cfg(test)]
+mod padding_tests {
+    use super::*;
+
+    /// The root `.` record as genisoimage writes it: a 1-byte identifier
+    /// (odd length) has no padding byte, so SUSP starts right after it.
+    #[test]
+    fn odd_identifiers_have_no_padding_byte() {
+        let mut raw = vec![0u8; 41];
+        raw[0] = 41;
+        raw[25] = FLAG_DIRECTORY;
+        raw[32] = 1;
+        raw[34..41].copy_from_slice(b"SP\x07\x01\xBE\xEF\x00");
+        let r = Record::parse(&raw).unwrap();
+        assert!(r.is_self_or_parent());
+        assert_eq!(r.system_use, b"SP\x07\x01\xBE\xEF\x00");
+        // An even identifier length is followed by one padding byte.
+        let mut raw = vec![0u8; 36 + 7];
+        raw[0] = 43;
+        raw[32] = 2;
+        raw[33..35].copy_from_slice(b"AB");
+        raw[36..43].copy_from_slice(b"SP\x07\x01\xBE\xEF\x00");
+        assert_eq!(
+            Record::parse(&raw).unwrap().system_use,
+            b"SP\x07\x01\xBE\xEF\x00"
+        );
     }
 }

@@ -8,6 +8,9 @@
 
 #[path = "common/conductor.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "elements_shipped/common.rs"]
+mod shipped;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -486,20 +489,7 @@ fn the_config_drive_points_nodes_at_the_public_url() {
 
 /// The hooks folder of a build of `elements` (dib-helpers comes with every build).
 fn hooks(scratch: &Path, elements: &[&str]) -> PathBuf {
-    use kiln::element::{Hooks, ResolveOptions, SearchPath, resolve, shipped_elements_dir};
-    let catalog = SearchPath::new(&[], None, Some(shipped_elements_dir()))
-        .scan()
-        .unwrap();
-    let request: Vec<String> = elements.iter().map(|s| s.to_string()).collect();
-    let resolved = resolve(
-        &catalog,
-        &request,
-        &ResolveOptions::for_build(true, "amd64"),
-    )
-    .unwrap();
-    let dir = scratch.join("hooks");
-    Hooks::assemble(&resolved, &dir).unwrap();
-    dir
+    shipped::assemble_hooks(scratch, None, elements)
 }
 
 /// Runs a host-phase hook the way a build does: bash, TARGET_ROOT, the hooks'

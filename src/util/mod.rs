@@ -2,5 +2,6 @@
 
 pub mod atomic_file;
 pub mod bigbuf;
+pub mod civil;
 pub mod interrupt;
 pub mod progress;

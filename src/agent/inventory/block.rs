@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Disk, InventoryError, read_trimmed};
+use super::{Disk, InventoryError, read_trimmed, sorted_names};
 
 /// Kernel name prefixes of block devices that are never a place to deploy to:
 /// loop, RAM and compressed-RAM disks, optical drives, floppies, network block
@@ -12,21 +12,9 @@ const SKIPPED_PREFIXES: &[&str] = &["loop", "ram", "zram", "sr", "fd", "nbd", "d
 /// The whole disks of `root`'s /sys/block, sorted by name. Devices of size zero
 /// (an empty card reader, a drive without media) are left out.
 pub fn collect_disks(root: &Path) -> Result<Vec<Disk>, InventoryError> {
-    let dir = root.join("sys/block");
-    let read_err = |source| InventoryError::Read {
-        path: dir.clone(),
-        source,
-    };
-    let mut names: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        if let Ok(name) = entry.file_name().into_string()
-            && !SKIPPED_PREFIXES.iter().any(|p| name.starts_with(p))
-        {
-            names.push(name);
-        }
-    }
-    names.sort();
+    let names = sorted_names(&root.join("sys/block"), |name| {
+        !SKIPPED_PREFIXES.iter().any(|p| name.starts_with(p))
+    })?;
     let mut disks = Vec::with_capacity(names.len());
     for name in names {
         if let Some(disk) = read_disk(root, &name)? {

@@ -211,6 +211,28 @@ fn bootif_mac(cmdline: &str) -> Option<String> {
     }
 }
 
+/// The names in sysfs folder `dir` that `keep` accepts, sorted.
+pub(crate) fn sorted_names(
+    dir: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, InventoryError> {
+    let read_err = |source| InventoryError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        if let Ok(name) = entry.file_name().into_string()
+            && keep(&name)
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// A sysfs attribute as text without surrounding whitespace; `None` when it is
 /// missing, unreadable, empty or not UTF-8.
 pub(crate) fn read_trimmed(path: &Path) -> Option<String> {

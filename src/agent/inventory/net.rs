@@ -4,28 +4,16 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use super::{Interface, InventoryError, read_trimmed};
+use super::{Interface, InventoryError, read_trimmed, sorted_names};
 
 /// Physical interfaces of `root` (those with a `device` link: no loopback,
 /// bridges, bonds, tunnels or ifb), sorted by name. IP addresses are looked up
 /// only when `root` is "/", the running system.
 pub fn collect_interfaces(root: &Path) -> Result<Vec<Interface>, InventoryError> {
     let dir = root.join("sys/class/net");
-    let read_err = |source| InventoryError::Read {
-        path: dir.clone(),
-        source,
-    };
-    let mut names: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        if let Ok(name) = entry.file_name().into_string()
-            && name != "lo"
-            && dir.join(&name).join("device").exists()
-        {
-            names.push(name);
-        }
-    }
-    names.sort();
+    let names = sorted_names(&dir, |name| {
+        name != "lo" && dir.join(name).join("device").exists()
+    })?;
     let addresses = if root == Path::new("/") {
         local_addresses()
     } else {

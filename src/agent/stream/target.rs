@@ -153,29 +153,20 @@ impl Target {
                 return Ok(());
             }
         } else {
-            // SAFETY: plain syscall on an fd we own.
-            let rc = unsafe {
-                libc::fallocate(
-                    fd,
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if rc == 0 {
-                return Ok(());
-            }
-            // SAFETY: as above; punching a hole also reads back as zeros.
-            let rc = unsafe {
-                libc::fallocate(
-                    fd,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if rc == 0 {
-                return Ok(());
+            // Zeroing a range, else punching a hole (which also reads back as zeros).
+            for mode in [libc::FALLOC_FL_ZERO_RANGE, libc::FALLOC_FL_PUNCH_HOLE] {
+                // SAFETY: plain syscall on an fd we own.
+                let rc = unsafe {
+                    libc::fallocate(
+                        fd,
+                        mode | libc::FALLOC_FL_KEEP_SIZE,
+                        offset as libc::off_t,
+                        len as libc::off_t,
+                    )
+                };
+                if rc == 0 {
+                    return Ok(());
+                }
             }
         }
         let zeros = vec![0u8; ZERO_WRITE.min(len as usize)];

@@ -224,6 +224,10 @@ fn execute(
             let disk = host.root_disk(&params.hints)?;
             erase_metadata(&disk)
         }
+        // The iSCSI target arrives with issue 8's target module.
+        CommandKind::ExportDisk(_) | CommandKind::StopExport => {
+            Err("this agent cannot export disks over iSCSI yet".into())
+        }
         CommandKind::PowerOff | CommandKind::Idle => Ok(Value::Null),
     }
 }

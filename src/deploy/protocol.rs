@@ -124,6 +124,14 @@ pub enum CommandKind {
     WriteConfigdrive(ConfigdriveParams),
     /// Cleaning: wipe partition tables and filesystem signatures.
     EraseMetadata(EraseParams),
+    /// iSCSI deploy: export the root disk as an iSCSI target on the deploy
+    /// network address. The report stays `running` with an [`ExportedDisk`]
+    /// result while the target serves; the conductor's initiator writes the
+    /// image and config drive, then sends `stop_export`.
+    ExportDisk(ExportDiskParams),
+    /// Stop the iSCSI target started by export_disk (after its last session
+    /// logged out) and report export_disk succeeded.
+    StopExport,
     /// The conductor is done with this agent: power off (a simulated agent exits).
     PowerOff,
     /// Nothing to do now; heartbeat again.
@@ -156,6 +164,42 @@ pub struct ConfigdriveParams {
     /// The same hints as write_image, so the agent finds the same disk.
     #[serde(default)]
     pub hints: serde_json::Map<String, Value>,
+}
+
+/// CHAP credentials: a user name and its secret (12 to 16 bytes, RFC 7143).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapSecret {
+    pub user: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportDiskParams {
+    /// The target's name, e.g. `iqn.2026-11.org.kiln:NODE-UUID`.
+    pub target_iqn: String,
+    /// What the initiator must prove (required: a per-deploy secret).
+    pub chap: ChapSecret,
+    /// What the target proves to the initiator when mutual CHAP is wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_chap: Option<ChapSecret>,
+    /// TCP port to listen on (3260 when absent; 0 picks a free port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The same hints as write_image.
+    #[serde(default)]
+    pub hints: serde_json::Map<String, Value>,
+}
+
+/// export_disk's `result` while the target serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedDisk {
+    /// `ADDRESS:PORT` the target listens on (the deploy network address).
+    pub portal: String,
+    pub target_iqn: String,
+    /// The exported block device (or file, for a simulated node).
+    pub disk: String,
+    /// The disk's size in bytes.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -266,6 +310,17 @@ mod tests {
         assert_eq!(wire["name"], "write_image");
         assert_eq!(wire["params"]["url"], "/v1/images/a.qcow2");
         assert_eq!(serde_json::from_value::<Command>(wire).unwrap(), command);
+        let export: Command = serde_json::from_value(json!({
+            "id": "export_disk", "name": "export_disk",
+            "params": {"target_iqn": "iqn.2026-11.org.kiln:n1",
+                       "chap": {"user": "kiln", "secret": "0123456789abcdef"}}
+        }))
+        .unwrap();
+        let CommandKind::ExportDisk(params) = export.kind else {
+            panic!("export_disk parsed as {:?}", export.kind)
+        };
+        assert_eq!(params.chap.user, "kiln");
+        assert_eq!((params.port, params.mutual_chap), (None, None));
         let power_off: Command =
             serde_json::from_value(json!({"id": "power_off", "name": "power_off"})).unwrap();
         assert_eq!(power_off.kind, CommandKind::PowerOff);

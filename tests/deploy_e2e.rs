@@ -712,7 +712,6 @@ fn enroll(
                 .iter()
                 .map(|n| {
                     let dir = work.join(format!("{}.bmc", n.name));
-                    fs::create_dir_all(&dir).unwrap();
                     let bmc = bmc::IpmiBmc::start(&dir, &bmc::vnode_chassis_control(&vnode(n)));
                     let entry = json!({
                         "name": n.name, "pm_type": "ipmi", "pm_addr": "127.0.0.1",
@@ -744,7 +743,6 @@ fn enroll(
                 })
                 .collect();
             let dir = work.join("redfish-bmc");
-            fs::create_dir_all(&dir).unwrap();
             let bmc = bmc::RedfishBmc::start(&dir, &vnodes);
             let nodes = NODES
                 .iter()

@@ -17,15 +17,17 @@
 mod bmc;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bmc::*;
+use kiln::deploy::power::qemu::{Firmware, QemuNode};
 use kiln::deploy::power::redfish::{RedfishAuth, RedfishDriver, VerifyCa};
+use kiln::deploy::power::vnode;
 use kiln::deploy::power::{BootDevice, PowerDriver, PowerState};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -335,4 +337,137 @@ fn redfish_power_and_boot_override_with_basic_and_session_auth() {
     assert_eq!(last_patch["auth"], "session");
     let last = requests.last().unwrap();
     assert_eq!(last["method"], "DELETE", "the session is ended: {last}");
+}
+
+/// A UEFI vnode with an empty disk: its network boot is a real kernel with a
+/// junk initramfs (it panics, the VM keeps running), its disk boot ends in
+/// OVMF's shell. Either way a qemu runs, which is all the checks look at.
+fn small_vnode(dir: &Path) -> PathBuf {
+    let kernel = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().contains("vmlinuz-"))
+        .expect("no /boot/vmlinuz-*: apt-get install linux-image-amd64");
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let initramfs = dir.join("junk.initramfs");
+    std::fs::write(&initramfs, b"not a cpio archive").unwrap();
+    let node = QemuNode {
+        name: "vn".into(),
+        disk,
+        disk_format: "raw".into(),
+        mac: "52:54:00:6b:00:09".into(),
+        memory_mb: 256,
+        cpus: 1,
+        firmware: Firmware::Uefi,
+        state_dir: dir.join("vm"),
+        deploy_kernel: kernel,
+        deploy_initramfs: initramfs,
+        kernel_append: "console=ttyS0 panic=0".into(),
+        conductor_port: free_tcp_port(),
+        qemu_binary: "qemu-system-x86_64".into(),
+        ovmf_dir: "/usr/share/OVMF".into(),
+        relay: None,
+    };
+    let path = dir.join("vn.json");
+    std::fs::write(&path, serde_json::to_vec(&node).unwrap()).unwrap();
+    path
+}
+
+/// The running VM's pid and whether it boots the deploy kernel (network boot).
+fn vnode_vm(definition: &Path) -> Option<(String, bool)> {
+    let vm = vnode::load(definition).unwrap();
+    let pid = vm.running_pid()?.to_string();
+    let network = cmdline(&pid).contains(" -kernel ");
+    Some((pid, network))
+}
+
+#[test]
+fn redfish_resets_and_boot_overrides_reach_a_vnode_behind_sushy_emulator() {
+    require("qemu-system-x86_64", "qemu-system-x86");
+    let tmp = tempfile::tempdir().unwrap();
+    let definition = small_vnode(tmp.path());
+    let uuid = "6b6b0000-0000-4000-8000-0000000000aa";
+    let system = format!("/redfish/v1/Systems/{uuid}");
+    let vnodes = [RedfishVnode {
+        uuid: uuid.into(),
+        name: "vn".into(),
+        mac: "52:54:00:6b:00:09".into(),
+        definition: definition.clone(),
+    }];
+    let bmc = RedfishBmc::start(&tmp.path().join("bmc"), &vnodes);
+    // Stops the VM however the test ends.
+    struct PowerOff<'a>(&'a Path);
+    impl Drop for PowerOff<'_> {
+        fn drop(&mut self) {
+            let _ = vnode::run(self.0, vnode::VnodeAction::PowerOff);
+        }
+    }
+    let _off = PowerOff(&definition);
+    let mut settings = bmc.settings(
+        VerifyCa::CaFile(bmc.ca.clone()),
+        RedfishAuth::Basic,
+        REDFISH_PASSWORD,
+    );
+    settings.system_id = Some(uuid.into());
+    let driver = RedfishDriver::new("vn", settings).unwrap();
+    let next_boot = || {
+        vnode::load(&definition)
+            .unwrap()
+            .next_boot_device()
+            .unwrap()
+    };
+
+    assert_eq!(bmc.get(&system)["PowerState"], "Off");
+    // Continuous disk, then network once: the once wins for one power on.
+    driver.set_boot_device(BootDevice::Disk, true).unwrap();
+    assert_eq!(next_boot(), BootDevice::Disk);
+    driver.set_boot_device(BootDevice::Network, false).unwrap();
+    assert_eq!(next_boot(), BootDevice::Network);
+    driver.power_on().unwrap();
+    let (first, network) = vnode_vm(&definition).expect("the VM runs after On");
+    assert!(network, "{}", cmdline(&first));
+    assert_eq!(next_boot(), BootDevice::Disk, "the once override was used");
+    assert_eq!(bmc.get(&system)["PowerState"], "On");
+
+    // Reset types the kiln driver does not send, through curl.
+    let reset = |kind: &str| {
+        bmc.curl(
+            "POST",
+            &format!("{system}/Actions/ComputerSystem.Reset"),
+            Some(&json!({ "ResetType": kind })),
+        )
+    };
+    let (status, body) = reset("GracefulRestart");
+    assert!(status < 300, "{status} {body}");
+    let (second, network) = vnode_vm(&definition).expect("the VM runs after a restart");
+    assert_ne!(second, first);
+    wait_dead(&first, "the VM from before the restart");
+    assert!(!network, "{}", cmdline(&second));
+    let (status, body) = reset("GracefulShutdown");
+    assert!(status < 300, "{status} {body}");
+    wait_dead(&second, "the VM after GracefulShutdown");
+    assert_eq!(bmc.get(&system)["PowerState"], "Off");
+    let (status, _) = reset("Nmi");
+    assert!(status >= 400, "a vnode has no NMI: {status}");
+
+    // Legacy boot on a UEFI VM is refused and changes nothing.
+    let (status, body) = bmc.curl(
+        "PATCH",
+        &system,
+        Some(&json!({"Boot": {"BootSourceOverrideTarget": "Pxe",
+            "BootSourceOverrideEnabled": "Continuous", "BootSourceOverrideMode": "Legacy"}})),
+    );
+    assert!(status >= 400, "{status} {body}");
+    assert_eq!(next_boot(), BootDevice::Disk);
+
+    driver.reboot().unwrap();
+    let (third, network) = vnode_vm(&definition).expect("the VM runs after reboot");
+    assert!(!network, "{}", cmdline(&third));
+    driver.power_off().unwrap();
+    assert!(vnode_vm(&definition).is_none());
 }

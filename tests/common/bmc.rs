@@ -101,6 +101,7 @@ impl IpmiBmc {
     /// Starts ipmi_sim in `dir` with `chassis_control` (a shell script) as
     /// its chassis control program: `SCRIPT <mc> get|set <parm> [<value>]...`.
     pub fn start(dir: &Path, chassis_control: &str) -> IpmiBmc {
+        std::fs::create_dir_all(dir).unwrap();
         require("ipmi_sim", "openipmi");
         require("ipmitool", "ipmitool");
         require("qemu-system-x86_64", "qemu-system-x86");
@@ -516,6 +517,7 @@ impl RedfishBmc {
     /// Starts the emulator in `dir`: its one fake system when `vnodes` is
     /// empty, else one system per vnode, driven through `kiln vnode`.
     pub fn start(dir: &Path, vnodes: &[RedfishVnode]) -> RedfishBmc {
+        std::fs::create_dir_all(dir).unwrap();
         require("curl", "curl");
         let venv = sushy_venv();
         let (ca, cert, key) = make_certificates(dir);
@@ -599,15 +601,37 @@ impl RedfishBmc {
 
     /// The system as the emulator serves it, read with curl.
     pub fn system(&self) -> Value {
-        let out = Command::new("curl")
-            .args(["-sf", "--cacert"])
+        self.get(SYSTEM)
+    }
+
+    /// A resource as the emulator serves it, read with curl.
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self.curl("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("the resource is JSON")
+    }
+
+    /// Sends a request with curl; returns the HTTP status and the body.
+    pub fn curl(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+        let mut command = Command::new("curl");
+        command
+            .args(["-s", "-X", method, "--cacert"])
             .arg(&self.ca)
             .args(["-u", &format!("{REDFISH_USER}:{REDFISH_PASSWORD}")])
-            .arg(format!("https://127.0.0.1:{}{SYSTEM}", self.port))
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(body) = body {
+            command
+                .args(["-H", "Content-Type: application/json", "-d"])
+                .arg(body.to_string());
+        }
+        let out = command
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
             .output()
             .expect("run curl");
-        assert!(out.status.success(), "curl failed: {out:?}");
-        serde_json::from_slice(&out.stdout).expect("the system is JSON")
+        assert!(out.status.success(), "curl {method} {path}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.trim().parse().unwrap_or(0), body.to_string())
     }
 
     /// The requests the emulator received, oldest first.

@@ -34,7 +34,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kiln::deploy::power::qemu::{CONDUCTOR_GUEST_ADDR, Firmware, QemuNode};
@@ -594,6 +594,53 @@ const PLAN: &str = include_str!("../fixtures/deploy/e2e/plan.yaml");
 /// The same with `deploy_interface: direct` for both roles.
 const PLAN_DIRECT: &str = include_str!("../fixtures/deploy/e2e/plan-direct.yaml");
 
+/// The deploy ramdisk and the busybox VM image, built by this kiln once per
+/// test process for all scenarios.
+struct BuiltImages {
+    dir: PathBuf,
+    /// deploy.kernel and deploy.initramfs.
+    ramdisk: PathBuf,
+    vm_image: PathBuf,
+}
+
+static BUILT_IMAGES: OnceLock<BuiltImages> = OnceLock::new();
+
+fn built_images() -> &'static BuiltImages {
+    BUILT_IMAGES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        // A static is never dropped: the directory goes when the process exits
+        // (unless KILN_E2E_KEEP asks to keep it).
+        extern "C" fn remove_built_images() {
+            if let Some(built) = BUILT_IMAGES.get()
+                && std::env::var_os("KILN_E2E_KEEP").is_none()
+            {
+                let _ = fs::remove_dir_all(&built.dir);
+            }
+        }
+        // SAFETY: registers a plain function without arguments.
+        unsafe { libc::atexit(remove_built_images) };
+        // Both images, built by this kiln in parallel.
+        let vm_out = dir.join("vm");
+        let vm_build = {
+            let vm_out = vm_out.clone();
+            let recipe = repo().join("fixtures/deploy/e2e/busybox-vm-config.yaml");
+            std::thread::spawn(move || build(&recipe, &vm_out))
+        };
+        let ramdisk = dir.join("ramdisk");
+        let out = build(&repo().join("recipes/deploy-ramdisk.yaml"), &ramdisk);
+        let vm = vm_build.join().unwrap();
+        if !out.status.success() || !vm.status.success() {
+            let _ = fs::remove_dir_all(&dir);
+            panic!("image builds:\ndeploy ramdisk: {out:?}\nbusybox-vm-config: {vm:?}");
+        }
+        BuiltImages {
+            vm_image: vm_out.join("busybox-vm-config.qcow2"),
+            ramdisk,
+            dir,
+        }
+    })
+}
+
 /// How the conductor powers the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Driver {
@@ -778,25 +825,13 @@ fn deploy_scenario(driver: Driver) {
     dir.disable_cleanup(std::env::var_os("KILN_E2E_KEEP").is_some());
     let work = dir.path();
 
-    // Both images, built by this kiln in parallel.
-    let vm_out = work.join("vm");
-    let vm_build = {
-        let vm_out = vm_out.clone();
-        let recipe = repo().join("fixtures/deploy/e2e/busybox-vm-config.yaml");
-        std::thread::spawn(move || build(&recipe, &vm_out))
-    };
-    let ramdisk_out = work.join("ramdisk");
-    let ramdisk = build(&repo().join("recipes/deploy-ramdisk.yaml"), &ramdisk_out);
-    assert!(
-        ramdisk.status.success(),
-        "deploy ramdisk build: {ramdisk:?}"
-    );
-    let vm = vm_build.join().unwrap();
-    assert!(vm.status.success(), "busybox-vm-config build: {vm:?}");
+    let built = built_images();
+    let ramdisk_out = built.ramdisk.clone();
     let images = work.join("images");
     fs::create_dir_all(&images).unwrap();
     let image = images.join("busybox-vm-config.qcow2");
-    fs::rename(vm_out.join("busybox-vm-config.qcow2"), &image).unwrap();
+    // A copy: the conductor owns its images directory.
+    fs::copy(&built.vm_image, &image).unwrap();
     eprintln!("e2e: images built after {:?}", started.elapsed());
 
     let mut child = Command::new(KILN)

@@ -543,8 +543,12 @@ impl RedfishBmc {
         std::fs::write(
             &config,
             format!(
-                "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_AUTH_FILE = {:?}\n{}",
+                "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_AUTH_FILE = {:?}\n\
+                 SUSHY_EMULATOR_STATE_DIR = {:?}\n{}",
                 auth_file.display().to_string(),
+                // The fake driver keeps its systems in an SQLite file, by
+                // default one in /tmp shared by every emulator run.
+                dir.join("sushy-state").display().to_string(),
                 vnode_config(vnodes)
             ),
         )

@@ -1,6 +1,6 @@
 //! Issue 6's acceptance test, end to end with real parts only: the test's
 //! kiln builds the deploy ramdisk and the busybox VM image; `kiln conductor`
-//! runs two qemu TCG nodes (disks are sparse files) through import, inspection
+//! runs two TCG nodes (disks are sparse files) through import, inspection
 //! by the real agent in the ramdisk (introspection rules set profiles by memory
 //! size), provide and a two-role plan; both nodes reach `active` and boot the
 //! busybox VM from their own disk under OVMF. Afterwards each disk holds the
@@ -15,6 +15,18 @@
 //! polling fetches the new metadata from the conductor and re-applies it. After
 //! power-off each disk holds the newly rendered file and a refresh log that
 //! shows the first-boot value, then the updated one.
+//!
+//! Power (issue 9): the scenario runs once per power driver. `qemu`: the
+//! conductor starts the VMs itself. `ipmi`: one OpenIPMI ipmi_sim per node,
+//! `redfish`: one sushy-emulator over TLS (CA verified) with a system per
+//! node; both front `kiln vnode`, which runs the same VM the qemu driver would
+//! (tests/common/bmc.rs). The BMC runs deploy with `direct` for every role
+//! (fixtures/deploy/e2e/plan-direct.yaml: a VM behind a BMC has no iSCSI
+//! portal the conductor maps) and leave out the config update phase to save
+//! CI time; the scenarios run one at a time (TCG VMs share 2 cores).
+
+#[path = "common/bmc.rs"]
+mod bmc;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -22,8 +34,10 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use kiln::deploy::power::qemu::{CONDUCTOR_GUEST_ADDR, Firmware, QemuNode};
 use serde_json::{Value, json};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -577,34 +591,247 @@ fn kiln_role(role: &str, hostname: &str, value: &str) -> String {
 const RULES: &str = include_str!("../fixtures/deploy/e2e/rules.yaml");
 /// One Controller (profile control) and one Compute (profile compute).
 const PLAN: &str = include_str!("../fixtures/deploy/e2e/plan.yaml");
+/// The same with `deploy_interface: direct` for both roles.
+const PLAN_DIRECT: &str = include_str!("../fixtures/deploy/e2e/plan-direct.yaml");
+
+/// The deploy ramdisk and the busybox VM image, built by this kiln once per
+/// test process for all scenarios.
+struct BuiltImages {
+    dir: PathBuf,
+    /// deploy.kernel and deploy.initramfs.
+    ramdisk: PathBuf,
+    vm_image: PathBuf,
+}
+
+static BUILT_IMAGES: OnceLock<BuiltImages> = OnceLock::new();
+
+fn built_images() -> &'static BuiltImages {
+    BUILT_IMAGES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        // A static is never dropped: the directory goes when the process exits
+        // (unless KILN_E2E_KEEP asks to keep it).
+        extern "C" fn remove_built_images() {
+            if let Some(built) = BUILT_IMAGES.get()
+                && std::env::var_os("KILN_E2E_KEEP").is_none()
+            {
+                let _ = fs::remove_dir_all(&built.dir);
+            }
+        }
+        // SAFETY: registers a plain function without arguments.
+        unsafe { libc::atexit(remove_built_images) };
+        // Both images, built by this kiln in parallel.
+        let vm_out = dir.join("vm");
+        let vm_build = {
+            let vm_out = vm_out.clone();
+            let recipe = repo().join("fixtures/deploy/e2e/busybox-vm-config.yaml");
+            std::thread::spawn(move || build(&recipe, &vm_out))
+        };
+        let ramdisk = dir.join("ramdisk");
+        let out = build(&repo().join("recipes/deploy-ramdisk.yaml"), &ramdisk);
+        let vm = vm_build.join().unwrap();
+        if !out.status.success() || !vm.status.success() {
+            let _ = fs::remove_dir_all(&dir);
+            panic!("image builds:\ndeploy ramdisk: {out:?}\nbusybox-vm-config: {vm:?}");
+        }
+        BuiltImages {
+            vm_image: vm_out.join("busybox-vm-config.qcow2"),
+            ramdisk,
+            dir,
+        }
+    })
+}
+
+/// How the conductor powers the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// The conductor runs the VMs itself.
+    Qemu,
+    /// An ipmi_sim per node fronts the node's `kiln vnode`.
+    Ipmi,
+    /// One sushy-emulator fronts every node's `kiln vnode`.
+    Redfish,
+}
+
+impl Driver {
+    /// The directory the nodes' VMs keep their pid files and consoles in.
+    fn vm_dir(self, work: &Path) -> PathBuf {
+        match self {
+            Driver::Qemu => work.join("qemu-nodes"),
+            Driver::Ipmi | Driver::Redfish => work.join("vnodes"),
+        }
+    }
+
+    /// Whether the run includes `kiln deploy update` (the qemu run only).
+    fn updates_config(self) -> bool {
+        self == Driver::Qemu
+    }
+
+    fn plan(self) -> &'static str {
+        match self {
+            Driver::Qemu => PLAN,
+            Driver::Ipmi | Driver::Redfish => PLAN_DIRECT,
+        }
+    }
+}
+
+/// Two scenarios at once would put four TCG VMs on CI's two cores.
+static ONE_SCENARIO_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
 fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
+    deploy_scenario(Driver::Qemu);
+}
+
+#[test]
+fn two_ipmi_nodes_behind_ipmi_sim_inspect_deploy_and_boot_from_disk() {
+    deploy_scenario(Driver::Ipmi);
+}
+
+#[test]
+fn two_redfish_nodes_behind_sushy_emulator_inspect_deploy_and_boot_from_disk() {
+    deploy_scenario(Driver::Redfish);
+}
+
+/// The BMC emulators of a run, held until it ends (dropping one stops it).
+#[derive(Default)]
+struct Bmcs {
+    _ipmi: Vec<bmc::IpmiBmc>,
+    _redfish: Option<bmc::RedfishBmc>,
+}
+
+/// The VM `kiln vnode` runs for `n`: what the qemu driver would start for it,
+/// booting the deploy ramdisk with the conductor at http://10.0.2.100.
+fn vnode_definition(
+    work: &Path,
+    n: &NodeSpec,
+    disk: &Path,
+    ramdisk: &Path,
+    conductor_port: u16,
+) -> PathBuf {
+    let node = QemuNode {
+        name: n.name.to_string(),
+        disk: disk.to_path_buf(),
+        disk_format: "raw".into(),
+        mac: n.mac.to_string(),
+        memory_mb: n.memory_mb as u32,
+        cpus: 1,
+        firmware: Firmware::Uefi,
+        state_dir: Driver::Ipmi.vm_dir(work),
+        deploy_kernel: ramdisk.join("deploy.kernel"),
+        deploy_initramfs: ramdisk.join("deploy.initramfs"),
+        kernel_append: format!("console=ttyS0,115200 ipa-api-url=http://{CONDUCTOR_GUEST_ADDR}"),
+        conductor_port,
+        qemu_binary: "qemu-system-x86_64".into(),
+        ovmf_dir: "/usr/share/OVMF".into(),
+        relay: None,
+    };
+    let path = work.join(format!("{}.vnode.json", n.name));
+    fs::write(&path, serde_json::to_vec(&node).unwrap()).unwrap();
+    path
+}
+
+/// The nodes' instackenv.json entries for `driver`, and the BMCs behind them.
+fn enroll(
+    driver: Driver,
+    work: &Path,
+    disks: &BTreeMap<&str, PathBuf>,
+    ramdisk: &Path,
+    conductor_port: u16,
+) -> (Vec<Value>, Bmcs) {
+    let vnode = |n: &NodeSpec| vnode_definition(work, n, &disks[n.name], ramdisk, conductor_port);
+    match driver {
+        Driver::Qemu => {
+            let nodes = NODES
+                .iter()
+                .map(|n| {
+                    json!({
+                        "name": n.name, "pm_type": "qemu", "ports": [{"address": n.mac}],
+                        "qemu_disk": disks[n.name], "qemu_memory_mb": n.memory_mb,
+                        "qemu_firmware": "uefi", "arch": "x86_64",
+                    })
+                })
+                .collect();
+            (nodes, Bmcs::default())
+        }
+        Driver::Ipmi => {
+            let mut bmcs = Vec::new();
+            let nodes = NODES
+                .iter()
+                .map(|n| {
+                    let dir = work.join(format!("{}.bmc", n.name));
+                    let bmc = bmc::IpmiBmc::start(&dir, &bmc::vnode_chassis_control(&vnode(n)));
+                    let entry = json!({
+                        "name": n.name, "pm_type": "ipmi", "pm_addr": "127.0.0.1",
+                        "pm_port": bmc.port, "pm_user": bmc::IPMI_USER,
+                        "pm_password": bmc::IPMI_PASSWORD,
+                        "ports": [{"address": n.mac}], "arch": "x86_64",
+                    });
+                    bmcs.push(bmc);
+                    entry
+                })
+                .collect();
+            (
+                nodes,
+                Bmcs {
+                    _ipmi: bmcs,
+                    _redfish: None,
+                },
+            )
+        }
+        Driver::Redfish => {
+            let vnodes: Vec<bmc::RedfishVnode> = NODES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| bmc::RedfishVnode {
+                    uuid: format!("6b6b0000-0000-4000-8000-00000000000{i}"),
+                    name: n.name.to_string(),
+                    mac: n.mac.to_string(),
+                    definition: vnode(n),
+                })
+                .collect();
+            let dir = work.join("redfish-bmc");
+            let bmc = bmc::RedfishBmc::start(&dir, &vnodes);
+            let nodes = NODES
+                .iter()
+                .zip(&vnodes)
+                .map(|(n, v)| {
+                    json!({
+                        "name": n.name, "pm_type": "redfish", "pm_addr": "127.0.0.1",
+                        "pm_port": bmc.port, "pm_user": bmc::REDFISH_USER,
+                        "pm_password": bmc::REDFISH_PASSWORD, "pm_system_id": v.uuid,
+                        "redfish_verify_ca": bmc.ca,
+                        "ports": [{"address": n.mac}], "arch": "x86_64",
+                    })
+                })
+                .collect();
+            (
+                nodes,
+                Bmcs {
+                    _ipmi: Vec::new(),
+                    _redfish: Some(bmc),
+                },
+            )
+        }
+    }
+}
+
+fn deploy_scenario(driver: Driver) {
+    let _one_at_a_time = ONE_SCENARIO_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut dir = tempfile::tempdir().unwrap();
     // KILN_E2E_KEEP=1 keeps the disks, consoles and state for a post-mortem.
     dir.disable_cleanup(std::env::var_os("KILN_E2E_KEEP").is_some());
     let work = dir.path();
 
-    // Both images, built by this kiln in parallel.
-    let vm_out = work.join("vm");
-    let vm_build = {
-        let vm_out = vm_out.clone();
-        let recipe = repo().join("fixtures/deploy/e2e/busybox-vm-config.yaml");
-        std::thread::spawn(move || build(&recipe, &vm_out))
-    };
-    let ramdisk_out = work.join("ramdisk");
-    let ramdisk = build(&repo().join("recipes/deploy-ramdisk.yaml"), &ramdisk_out);
-    assert!(
-        ramdisk.status.success(),
-        "deploy ramdisk build: {ramdisk:?}"
-    );
-    let vm = vm_build.join().unwrap();
-    assert!(vm.status.success(), "busybox-vm-config build: {vm:?}");
+    let built = built_images();
+    let ramdisk_out = built.ramdisk.clone();
     let images = work.join("images");
     fs::create_dir_all(&images).unwrap();
     let image = images.join("busybox-vm-config.qcow2");
-    fs::rename(vm_out.join("busybox-vm-config.qcow2"), &image).unwrap();
+    // A copy: the conductor owns its images directory.
+    fs::copy(&built.vm_image, &image).unwrap();
     eprintln!("e2e: images built after {:?}", started.elapsed());
 
     let mut child = Command::new(KILN)
@@ -635,7 +862,7 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
     let conductor = Conductor {
         child,
         url: line.trim().to_string(),
-        qemu_dir: work.join("qemu-nodes"),
+        qemu_dir: driver.vm_dir(work),
     };
     assert!(
         conductor.url.starts_with("http://"),
@@ -643,21 +870,19 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
     );
     let url = conductor.url.clone();
 
-    // instackenv.json: two qemu nodes with sparse 5 GiB disks.
+    // instackenv.json: two nodes with sparse 5 GiB disks, powered by `driver`.
     let mut disks = BTreeMap::new();
-    let nodes: Vec<Value> = NODES
-        .iter()
-        .map(|n| {
-            let disk = work.join(format!("{}.disk", n.name));
-            File::create(&disk).unwrap().set_len(5 * GIB).unwrap();
-            disks.insert(n.name, disk.clone());
-            json!({
-                "name": n.name, "pm_type": "qemu", "ports": [{"address": n.mac}],
-                "qemu_disk": disk, "qemu_memory_mb": n.memory_mb, "qemu_firmware": "uefi",
-                "arch": "x86_64",
-            })
-        })
-        .collect();
+    for n in &NODES {
+        let disk = work.join(format!("{}.disk", n.name));
+        File::create(&disk).unwrap().set_len(5 * GIB).unwrap();
+        disks.insert(n.name, disk);
+    }
+    let conductor_port = url
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in the conductor's URL {url}"));
+    let (nodes, _bmcs) = enroll(driver, work, &disks, &ramdisk_out, conductor_port);
     let (status, body) = call(
         "POST",
         &format!("{url}/v1/nodes"),
@@ -741,7 +966,11 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
         wait_for(&conductor, n.name, "available", Duration::from_secs(60));
     }
 
-    let (status, body) = call("POST", &format!("{url}/v1/deployments"), Some(PLAN));
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/v1/deployments"),
+        Some(driver.plan()),
+    );
     assert_eq!(status, 202, "{body}");
     let mut deployed = BTreeMap::new();
     for n in &NODES {
@@ -830,20 +1059,22 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
 
     // A config change while the nodes run, through the operator's command: the
     // nodes' polling fetches it from the conductor and applies it.
-    let plan_v2 = work.join("plan-v2.yaml");
-    fs::write(&plan_v2, PLAN.replace("-v1", "-v2")).unwrap();
-    let table = run(Command::new(KILN)
-        .args(["deploy", "--url", &url, "update"])
-        .arg(&plan_v2));
-    eprintln!("e2e: kiln deploy update:\n{table}");
-    for n in &NODES {
-        let config = wait_configured(&conductor, n.name, Some(&first_sha[n.name]), CONFIG_WAIT);
-        assert!(config["script"].is_null(), "{}: {config}", n.name);
+    if driver.updates_config() {
+        let plan_v2 = work.join("plan-v2.yaml");
+        fs::write(&plan_v2, driver.plan().replace("-v1", "-v2")).unwrap();
+        let table = run(Command::new(KILN)
+            .args(["deploy", "--url", &url, "update"])
+            .arg(&plan_v2));
+        eprintln!("e2e: kiln deploy update:\n{table}");
+        for n in &NODES {
+            let config = wait_configured(&conductor, n.name, Some(&first_sha[n.name]), CONFIG_WAIT);
+            assert!(config["script"].is_null(), "{}: {config}", n.name);
+        }
+        eprintln!(
+            "e2e: both nodes applied the update after {:?}",
+            started.elapsed()
+        );
     }
-    eprintln!(
-        "e2e: both nodes applied the update after {:?}",
-        started.elapsed()
-    );
 
     for n in &NODES {
         let (status, body) = call(
@@ -870,8 +1101,13 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
         let root = assert_disk_holds_image(work, &oracle, disk, n.name);
         let role = node["instance_info"]["role"].as_str().unwrap();
         let hostname = node["instance_info"]["hostname"].as_str().unwrap();
-        // The file rendered from the image's template holds the update...
-        let updated = n.value.replace("-v1", "-v2");
+        // The file rendered from the image's template holds the update (when
+        // there was one)...
+        let updated = if driver.updates_config() {
+            n.value.replace("-v1", "-v2")
+        } else {
+            n.value.to_string()
+        };
         let rendered = fs::read_to_string(root.join("etc/kiln-role"))
             .unwrap_or_else(|e| panic!("{}: /etc/kiln-role: {e}", n.name));
         assert_eq!(rendered, kiln_role(role, hostname, &updated), "{}", n.name);
@@ -936,5 +1172,5 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
         }
     }
     drop(conductor);
-    eprintln!("e2e: done after {:?}", started.elapsed());
+    eprintln!("e2e: {driver:?} done after {:?}", started.elapsed());
 }

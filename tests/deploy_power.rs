@@ -11,88 +11,25 @@
 //! SessionService, ETags and a log of the requests it received. The checks
 //! read the system back with curl.
 //!
-//! Needs: ipmi_sim (openipmi), ipmitool, qemu-system-x86_64, openssl, curl,
-//! and sushy-tools in a Python venv (KILN_SUSHY_VENV, default /tmp/kiln-sushy-venv;
-//! created with `python3 -m venv` + `pip install sushy-tools` when missing).
+//! The emulators' setup is tests/common/bmc.rs (shared with deploy_e2e).
+
+#[path = "common/bmc.rs"]
+mod bmc;
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kiln::deploy::power::ipmi::{IpmiDriver, IpmiSettings};
-use kiln::deploy::power::redfish::{RedfishAuth, RedfishDriver, RedfishSettings, VerifyCa};
+use bmc::*;
+use kiln::deploy::power::qemu::{Firmware, QemuNode};
+use kiln::deploy::power::redfish::{RedfishAuth, RedfishDriver, VerifyCa};
+use kiln::deploy::power::vnode;
 use kiln::deploy::power::{BootDevice, PowerDriver, PowerState};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-
-/// Kills a child process (and waits for it) when the test ends, however it ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn require(program: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(found, "{program} is missing: apt-get install {package}");
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn alive(pid: &str) -> bool {
-    !pid.is_empty() && Path::new(&format!("/proc/{pid}")).exists() && {
-        // A zombie is dead for our purposes.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        !stat.contains(") Z ")
-    }
-}
-
-/// Waits for a killed process to go (a TCG qemu takes a moment to exit).
-fn wait_dead(pid: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "{what} (pid {pid})");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn cmdline(pid: &str) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
-        .unwrap_or_default()
-}
 
 // ---------------------------------------------------------------- ipmi
 
@@ -144,129 +81,11 @@ esac
 "#;
 
 /// A running ipmi_sim whose BMC fronts a qemu node kept in `dir`.
-struct IpmiBmc {
-    dir: PathBuf,
-    port: u16,
-    _sim: Reaped,
-}
-
-const IPMI_USER: &str = "admin";
-const IPMI_PASSWORD: &str = "kiln-ipmi-pw";
-
-impl IpmiBmc {
-    fn start(dir: &Path) -> IpmiBmc {
-        require("ipmi_sim", "openipmi");
-        require("ipmitool", "ipmitool");
-        require("qemu-system-x86_64", "qemu-system-x86");
-        let script = dir.join("chassis-control");
-        std::fs::write(&script, CHASSIS_CONTROL).unwrap();
-        Command::new("chmod")
-            .arg("755")
-            .arg(&script)
-            .status()
-            .unwrap();
-        let port = free_udp_port();
-        let config = format!(
-            "name \"kiln-power-test\"\n\
-             set_working_mc 0x20\n\
-             startlan 1\n\
-             addr 127.0.0.1 {port}\n\
-             priv_limit admin\n\
-             allowed_auths_callback md5\n\
-             allowed_auths_user md5\n\
-             allowed_auths_operator md5\n\
-             allowed_auths_admin md5\n\
-             guid a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5\n\
-             endlan\n\
-             chassis_control \"{} 0x20\"\n\
-             user 2 true \"{IPMI_USER}\" \"{IPMI_PASSWORD}\" admin 10 md5\n",
-            script.display()
-        );
-        std::fs::write(dir.join("lan.conf"), config).unwrap();
-        std::fs::write(
-            dir.join("bmc.emu"),
-            "mc_setbmc 0x20\n\
-             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
-             mc_enable 0x20\n",
-        )
-        .unwrap();
-        std::fs::create_dir_all(dir.join("sim-state")).unwrap();
-        let sim = Command::new("ipmi_sim")
-            .arg("-c")
-            .arg(dir.join("lan.conf"))
-            .arg("-f")
-            .arg(dir.join("bmc.emu"))
-            .arg("-s")
-            .arg(dir.join("sim-state"))
-            .arg("-n")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start ipmi_sim");
-        let bmc = IpmiBmc {
-            dir: dir.to_path_buf(),
-            port,
-            _sim: Reaped(sim),
-        };
-        // The simulator answers once its LAN channel is up.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let probe = bmc.driver(IPMI_PASSWORD);
-        while probe.power_state().is_err() {
-            assert!(Instant::now() < deadline, "ipmi_sim did not answer");
-            thread::sleep(Duration::from_millis(200));
-        }
-        bmc
-    }
-
-    fn settings(&self, password: &str) -> IpmiSettings {
-        let mut settings = IpmiSettings::new("127.0.0.1", IPMI_USER, password);
-        settings.port = self.port;
-        settings.min_interval = Duration::from_millis(300);
-        settings.command_timeout = Duration::from_secs(20);
-        settings.attempts = 2;
-        settings
-    }
-
-    fn driver(&self, password: &str) -> IpmiDriver {
-        IpmiDriver::new("ipmi-node", self.settings(password))
-    }
-
-    fn node_pid(&self) -> String {
-        read(&self.dir.join("node.pid"))
-    }
-
-    fn bootdev(&self) -> String {
-        read(&self.dir.join("bootdev"))
-    }
-
-    /// The node's qemu has the pid the script recorded, and is running.
-    fn wait_node_running(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pid = self.node_pid();
-            if alive(&pid) {
-                return pid;
-            }
-            assert!(Instant::now() < deadline, "the node's qemu is not running");
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for IpmiBmc {
-    fn drop(&mut self) {
-        // The qemu outlives ipmi_sim (it daemonized); stop it by its own pid.
-        let pid = self.node_pid();
-        if alive(&pid) {
-            let _ = Command::new("kill").arg(&pid).status();
-        }
-    }
-}
 
 #[test]
 fn ipmi_driver_starts_stops_and_reboots_the_node_behind_ipmi_sim() {
     let tmp = tempfile::tempdir().unwrap();
-    let bmc = IpmiBmc::start(tmp.path());
+    let bmc = IpmiBmc::start(tmp.path(), CHASSIS_CONTROL);
     let driver = bmc.driver(IPMI_PASSWORD);
 
     assert_eq!(driver.power_state().unwrap(), PowerState::Off);
@@ -320,7 +139,7 @@ fn ipmi_driver_starts_stops_and_reboots_the_node_behind_ipmi_sim() {
 #[test]
 fn ipmi_wrong_password_is_a_clear_error_naming_node_and_bmc() {
     let tmp = tempfile::tempdir().unwrap();
-    let bmc = IpmiBmc::start(tmp.path());
+    let bmc = IpmiBmc::start(tmp.path(), CHASSIS_CONTROL);
     let err = bmc
         .driver("not-the-password")
         .power_on()
@@ -392,7 +211,7 @@ fn kiln_node_power_drives_an_imported_ipmi_node() {
     let tmp = tempfile::tempdir().unwrap();
     let bmc_dir = tmp.path().join("bmc");
     std::fs::create_dir_all(&bmc_dir).unwrap();
-    let bmc = IpmiBmc::start(&bmc_dir);
+    let bmc = IpmiBmc::start(&bmc_dir, CHASSIS_CONTROL);
     let conductor = Conductor::start(&tmp.path().join("conductor"));
     let nodes = tmp.path().join("nodes.json");
     std::fs::write(
@@ -418,292 +237,10 @@ fn kiln_node_power_drives_an_imported_ipmi_node() {
     wait_dead(&pid, "qemu still runs after kiln node power off");
 }
 
-// ---------------------------------------------------------------- redfish
-
-/// Runs sushy-tools' emulator app with a SessionService, ETags on systems
-/// and a request log added around it (sushy-tools 2.x has neither).
-const REDFISH_WRAPPER: &str = r#"
-import hashlib, json, secrets, sys
-import bcrypt
-from sushy_tools.emulator import main as emulator
-
-config_file, log_file, auth_file = sys.argv[1], sys.argv[2], sys.argv[3]
-app = emulator.app
-app.configure(config_file=config_file)
-inner = app.wsgi_app
-tokens = {}
-versions = {}
-SESSIONS = "/redfish/v1/SessionService/Sessions"
-
-def log(entry):
-    with open(log_file, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-
-def valid(user, password):
-    with open(auth_file) as f:
-        for line in f:
-            name, _, hashed = line.strip().partition(":")
-            if name == user and bcrypt.checkpw(password.encode(), hashed.encode()):
-                return True
-    return False
-
-def answer(start_response, status, body=b"", headers=()):
-    start_response(status, [("Content-Length", str(len(body)))] + list(headers))
-    return [body]
-
-def outer(env, start_response):
-    method, path = env["REQUEST_METHOD"], env["PATH_INFO"].rstrip("/")
-    size = int(env.get("CONTENT_LENGTH") or 0)
-    raw = env["wsgi.input"].read(size) if size else b""
-    import io
-    env["wsgi.input"] = io.BytesIO(raw)
-    token = env.get("HTTP_X_AUTH_TOKEN")
-    body = json.loads(raw) if raw else None
-    if isinstance(body, dict) and "Password" in body:
-        body = dict(body, Password="***")
-    log({"method": method, "path": path, "body": body,
-         "if_match": env.get("HTTP_IF_MATCH"),
-         "auth": "session" if token else ("basic" if env.get("HTTP_AUTHORIZATION") else None)})
-    if method == "POST" and path == SESSIONS:
-        creds = json.loads(raw or b"{}")
-        if not valid(creds.get("UserName", ""), creds.get("Password", "")):
-            return answer(start_response, "401 Unauthorized")
-        token, sid = secrets.token_hex(16), secrets.token_hex(4)
-        tokens[token] = (sid, creds["UserName"], creds["Password"])
-        body = json.dumps({"@odata.id": SESSIONS + "/" + sid, "Id": sid}).encode()
-        return answer(start_response, "201 Created", body,
-                      [("X-Auth-Token", token), ("Location", SESSIONS + "/" + sid),
-                       ("Content-Type", "application/json")])
-    if token is not None:
-        if token not in tokens:
-            return answer(start_response, "401 Unauthorized")
-        sid, user, password = tokens[token]
-        if method == "DELETE" and path == SESSIONS + "/" + sid:
-            del tokens[token]
-            return answer(start_response, "204 No Content")
-        import base64
-        env["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(
-            (user + ":" + password).encode()).decode()
-    system = path.startswith("/redfish/v1/Systems/") and path.count("/") == 4
-    if system and method == "PATCH":
-        wanted = env.get("HTTP_IF_MATCH")
-        current = '"v%d"' % versions.get(path, 0)
-        if wanted is not None and wanted != current:
-            return answer(start_response, "412 Precondition Failed")
-    def start(status, headers, exc_info=None):
-        if system and method == "GET" and status.startswith("200"):
-            headers = headers + [("ETag", '"v%d"' % versions.get(path, 0))]
-        if system and method == "PATCH" and status.startswith("2"):
-            versions[path] = versions.get(path, 0) + 1
-        return start_response(status, headers, exc_info)
-    return inner(env, start)
-
-app.wsgi_app = outer
-port, cert, key = int(sys.argv[4]), sys.argv[5], sys.argv[6]
-app.run(host="127.0.0.1", port=port, ssl_context=(cert, key))
-"#;
-
-const REDFISH_USER: &str = "admin";
-const REDFISH_PASSWORD: &str = "kiln-redfish-pw";
-const SYSTEM: &str = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094";
-
-fn sushy_venv() -> PathBuf {
-    let venv = std::env::var_os("KILN_SUSHY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/kiln-sushy-venv"));
-    if !venv.join("bin/sushy-emulator").exists() {
-        let made = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "sushy-tools"])
-                .status()
-                .is_ok_and(|s| s.success());
-        assert!(
-            made,
-            "cannot make a venv with sushy-tools at {}",
-            venv.display()
-        );
-    }
-    venv
-}
-
-fn run_ok(command: &mut Command) {
-    let out = command.output().expect("run a helper program");
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    require("openssl", "openssl");
-    let ca_key = dir.join("ca.key");
-    let ca = dir.join("ca.pem");
-    let key = dir.join("bmc.key");
-    let csr = dir.join("bmc.csr");
-    let cert = dir.join("bmc.pem");
-    let ext = dir.join("bmc.ext");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=kiln test BMC CA", "-keyout"])
-            .arg(&ca_key)
-            .arg("-out")
-            .arg(&ca),
-    );
-    run_ok(
-        Command::new("openssl")
-            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr),
-    );
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run_ok(
-        Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(&ca)
-            .arg("-CAkey")
-            .arg(&ca_key)
-            .arg("-CAcreateserial")
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(&cert),
-    );
-    (ca, cert, key)
-}
-
-struct RedfishBmc {
-    dir: PathBuf,
-    port: u16,
-    ca: PathBuf,
-    _emulator: Reaped,
-}
-
-impl RedfishBmc {
-    fn start(dir: &Path) -> RedfishBmc {
-        require("curl", "curl");
-        let venv = sushy_venv();
-        let (ca, cert, key) = make_certificates(dir);
-        let python = venv.join("bin/python3");
-        let hashed = Command::new(&python)
-            .args([
-                "-c",
-                "import bcrypt,sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt()).decode())",
-                REDFISH_PASSWORD,
-            ])
-            .output()
-            .expect("hash the password with bcrypt");
-        let auth_file = dir.join("htpasswd");
-        std::fs::write(
-            &auth_file,
-            format!(
-                "{REDFISH_USER}:{}\n",
-                String::from_utf8_lossy(&hashed.stdout).trim()
-            ),
-        )
-        .unwrap();
-        let config = dir.join("emulator.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_AUTH_FILE = {:?}\n",
-                auth_file.display().to_string()
-            ),
-        )
-        .unwrap();
-        let wrapper = dir.join("emulator.py");
-        std::fs::write(&wrapper, REDFISH_WRAPPER).unwrap();
-        let port = free_tcp_port();
-        let emulator = Command::new(&python)
-            .arg(&wrapper)
-            .arg(&config)
-            .arg(dir.join("requests.log"))
-            .arg(&auth_file)
-            .arg(port.to_string())
-            .arg(&cert)
-            .arg(&key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("emulator.err")).unwrap())
-            .spawn()
-            .expect("start the sushy emulator");
-        let emulator = Reaped(emulator);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sushy emulator did not listen: {}",
-                read(&dir.join("emulator.err"))
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-        RedfishBmc {
-            dir: dir.to_path_buf(),
-            port,
-            ca,
-            _emulator: emulator,
-        }
-    }
-
-    fn settings(&self, verify: VerifyCa, auth: RedfishAuth, password: &str) -> RedfishSettings {
-        let mut settings =
-            RedfishSettings::new("127.0.0.1", Some(self.port), REDFISH_USER, password);
-        settings.verify = verify;
-        settings.auth = auth;
-        // The fake driver applies a power change 1 to 11 s after accepting it.
-        settings.power_timeout = Duration::from_secs(60);
-        settings.poll_interval = Duration::from_millis(500);
-        settings
-    }
-
-    fn driver(&self, auth: RedfishAuth) -> RedfishDriver {
-        let settings = self.settings(VerifyCa::CaFile(self.ca.clone()), auth, REDFISH_PASSWORD);
-        RedfishDriver::new("redfish-node", settings).unwrap()
-    }
-
-    /// The system as the emulator serves it, read with curl.
-    fn system(&self) -> Value {
-        let out = Command::new("curl")
-            .args(["-sf", "--cacert"])
-            .arg(&self.ca)
-            .args(["-u", &format!("{REDFISH_USER}:{REDFISH_PASSWORD}")])
-            .arg(format!("https://127.0.0.1:{}{SYSTEM}", self.port))
-            .output()
-            .expect("run curl");
-        assert!(out.status.success(), "curl failed: {out:?}");
-        serde_json::from_slice(&out.stdout).expect("the system is JSON")
-    }
-
-    /// The requests the emulator received, oldest first.
-    fn requests(&self) -> Vec<Value> {
-        read(&self.dir.join("requests.log"))
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
 #[test]
 fn redfish_refuses_an_untrusted_certificate_and_wrong_password() {
     let tmp = tempfile::tempdir().unwrap();
-    let bmc = RedfishBmc::start(tmp.path());
+    let bmc = RedfishBmc::start(tmp.path(), &[]);
 
     let settings = bmc.settings(VerifyCa::WebRoots, RedfishAuth::Basic, REDFISH_PASSWORD);
     let err = RedfishDriver::new("redfish-node", settings)
@@ -744,7 +281,7 @@ fn redfish_refuses_an_untrusted_certificate_and_wrong_password() {
 #[test]
 fn redfish_power_and_boot_override_with_basic_and_session_auth() {
     let tmp = tempfile::tempdir().unwrap();
-    let bmc = RedfishBmc::start(tmp.path());
+    let bmc = RedfishBmc::start(tmp.path(), &[]);
     let driver = bmc.driver(RedfishAuth::Basic);
 
     assert_eq!(bmc.system()["PowerState"], "Off");
@@ -800,4 +337,137 @@ fn redfish_power_and_boot_override_with_basic_and_session_auth() {
     assert_eq!(last_patch["auth"], "session");
     let last = requests.last().unwrap();
     assert_eq!(last["method"], "DELETE", "the session is ended: {last}");
+}
+
+/// A UEFI vnode with an empty disk: its network boot is a real kernel with a
+/// junk initramfs (it panics, the VM keeps running), its disk boot ends in
+/// OVMF's shell. Either way a qemu runs, which is all the checks look at.
+fn small_vnode(dir: &Path) -> PathBuf {
+    let kernel = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().contains("vmlinuz-"))
+        .expect("no /boot/vmlinuz-*: apt-get install linux-image-amd64");
+    let disk = dir.join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let initramfs = dir.join("junk.initramfs");
+    std::fs::write(&initramfs, b"not a cpio archive").unwrap();
+    let node = QemuNode {
+        name: "vn".into(),
+        disk,
+        disk_format: "raw".into(),
+        mac: "52:54:00:6b:00:09".into(),
+        memory_mb: 256,
+        cpus: 1,
+        firmware: Firmware::Uefi,
+        state_dir: dir.join("vm"),
+        deploy_kernel: kernel,
+        deploy_initramfs: initramfs,
+        kernel_append: "console=ttyS0 panic=0".into(),
+        conductor_port: free_tcp_port(),
+        qemu_binary: "qemu-system-x86_64".into(),
+        ovmf_dir: "/usr/share/OVMF".into(),
+        relay: None,
+    };
+    let path = dir.join("vn.json");
+    std::fs::write(&path, serde_json::to_vec(&node).unwrap()).unwrap();
+    path
+}
+
+/// The running VM's pid and whether it boots the deploy kernel (network boot).
+fn vnode_vm(definition: &Path) -> Option<(String, bool)> {
+    let vm = vnode::load(definition).unwrap();
+    let pid = vm.running_pid()?.to_string();
+    let network = cmdline(&pid).contains(" -kernel ");
+    Some((pid, network))
+}
+
+#[test]
+fn redfish_resets_and_boot_overrides_reach_a_vnode_behind_sushy_emulator() {
+    require("qemu-system-x86_64", "qemu-system-x86");
+    let tmp = tempfile::tempdir().unwrap();
+    let definition = small_vnode(tmp.path());
+    let uuid = "6b6b0000-0000-4000-8000-0000000000aa";
+    let system = format!("/redfish/v1/Systems/{uuid}");
+    let vnodes = [RedfishVnode {
+        uuid: uuid.into(),
+        name: "vn".into(),
+        mac: "52:54:00:6b:00:09".into(),
+        definition: definition.clone(),
+    }];
+    let bmc = RedfishBmc::start(&tmp.path().join("bmc"), &vnodes);
+    // Stops the VM however the test ends.
+    struct PowerOff<'a>(&'a Path);
+    impl Drop for PowerOff<'_> {
+        fn drop(&mut self) {
+            let _ = vnode::run(self.0, vnode::VnodeAction::PowerOff);
+        }
+    }
+    let _off = PowerOff(&definition);
+    let mut settings = bmc.settings(
+        VerifyCa::CaFile(bmc.ca.clone()),
+        RedfishAuth::Basic,
+        REDFISH_PASSWORD,
+    );
+    settings.system_id = Some(uuid.into());
+    let driver = RedfishDriver::new("vn", settings).unwrap();
+    let next_boot = || {
+        vnode::load(&definition)
+            .unwrap()
+            .next_boot_device()
+            .unwrap()
+    };
+
+    assert_eq!(bmc.get(&system)["PowerState"], "Off");
+    // Continuous disk, then network once: the once wins for one power on.
+    driver.set_boot_device(BootDevice::Disk, true).unwrap();
+    assert_eq!(next_boot(), BootDevice::Disk);
+    driver.set_boot_device(BootDevice::Network, false).unwrap();
+    assert_eq!(next_boot(), BootDevice::Network);
+    driver.power_on().unwrap();
+    let (first, network) = vnode_vm(&definition).expect("the VM runs after On");
+    assert!(network, "{}", cmdline(&first));
+    assert_eq!(next_boot(), BootDevice::Disk, "the once override was used");
+    assert_eq!(bmc.get(&system)["PowerState"], "On");
+
+    // Reset types the kiln driver does not send, through curl.
+    let reset = |kind: &str| {
+        bmc.curl(
+            "POST",
+            &format!("{system}/Actions/ComputerSystem.Reset"),
+            Some(&json!({ "ResetType": kind })),
+        )
+    };
+    let (status, body) = reset("GracefulRestart");
+    assert!(status < 300, "{status} {body}");
+    let (second, network) = vnode_vm(&definition).expect("the VM runs after a restart");
+    assert_ne!(second, first);
+    wait_dead(&first, "the VM from before the restart");
+    assert!(!network, "{}", cmdline(&second));
+    let (status, body) = reset("GracefulShutdown");
+    assert!(status < 300, "{status} {body}");
+    wait_dead(&second, "the VM after GracefulShutdown");
+    assert_eq!(bmc.get(&system)["PowerState"], "Off");
+    let (status, _) = reset("Nmi");
+    assert!(status >= 400, "a vnode has no NMI: {status}");
+
+    // Legacy boot on a UEFI VM is refused and changes nothing.
+    let (status, body) = bmc.curl(
+        "PATCH",
+        &system,
+        Some(&json!({"Boot": {"BootSourceOverrideTarget": "Pxe",
+            "BootSourceOverrideEnabled": "Continuous", "BootSourceOverrideMode": "Legacy"}})),
+    );
+    assert!(status >= 400, "{status} {body}");
+    assert_eq!(next_boot(), BootDevice::Disk);
+
+    driver.reboot().unwrap();
+    let (third, network) = vnode_vm(&definition).expect("the VM runs after reboot");
+    assert!(!network, "{}", cmdline(&third));
+    driver.power_off().unwrap();
+    assert!(vnode_vm(&definition).is_none());
 }

@@ -9,6 +9,7 @@ mod deploy;
 mod image;
 mod initrd;
 mod node;
+mod vnode;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,9 @@ enum Command {
     /// Role configuration on a node: render, key, apply (os-apply-config / os-refresh-config / os-collect-config)
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// A virtual node behind an emulated BMC (what ipmi_sim's and sushy-emulator's hooks run)
+    #[command(hide = true)]
+    Vnode(vnode::VnodeArgs),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Node(args) => node::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Config(cmd) => config::run(cmd),
+        Command::Vnode(args) => vnode::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,7 @@ pub mod ipmi;
 pub mod manual;
 pub mod qemu;
 pub mod redfish;
+pub mod vnode;
 
 use std::fmt;
 use std::str::FromStr;

@@ -89,7 +89,7 @@ pub fn decode_binary(key: &'static str, value: &str) -> Result<Vec<u8>, ChapErro
     {
         // An odd digit count has an implied leading zero.
         let padded;
-        let hex = if hex.len() % 2 == 1 {
+        let hex = if !hex.len().is_multiple_of(2) {
             padded = format!("0{hex}");
             padded.as_str()
         } else {

@@ -1078,7 +1078,7 @@ impl Pdu {
     pub fn write_to<W: Write + ?Sized>(&self, writer: &mut W, digests: &Digests) -> io::Result<()> {
         let mut bhs = self.header.encode();
         let ahs_words = self.ahs.len() / 4;
-        if self.ahs.len() % 4 != 0 || ahs_words > 255 {
+        if !self.ahs.len().is_multiple_of(4) || ahs_words > 255 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -1370,7 +1370,7 @@ mod tests {
         let mut parsed = 0;
         for round in 0..20_000 {
             let (mut wire, digests) = valid[round % valid.len()].clone();
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 let len = (rng.next() % 200) as usize;
                 wire = (0..len).map(|_| rng.next() as u8).collect();
             } else {
@@ -1378,7 +1378,7 @@ mod tests {
                     let at = (rng.next() as usize) % wire.len();
                     wire[at] ^= 1 << (rng.next() % 8);
                 }
-                if rng.next() % 4 == 0 {
+                if rng.next().is_multiple_of(4) {
                     wire.truncate((rng.next() as usize) % wire.len());
                 }
             }

@@ -16,4 +16,5 @@
 pub mod chap;
 pub mod digest;
 pub mod pdu;
+pub mod scsi;
 pub mod text;

@@ -17,4 +17,5 @@ pub mod chap;
 pub mod digest;
 pub mod pdu;
 pub mod scsi;
+pub mod target;
 pub mod text;

@@ -121,6 +121,41 @@ impl BlockBackend {
         self.file.sync_data()
     }
 
+    /// Whether the blocks from `lba` on are mapped (hold data) and for how
+    /// many blocks that stays so (GET LBA STATUS). Holes of a regular file
+    /// are deallocated; a block device reports everything mapped.
+    pub fn mapping(&self, lba: u64) -> io::Result<(bool, u64)> {
+        let remaining = self.blocks - lba.min(self.blocks);
+        if self.block_device || remaining == 0 {
+            return Ok((true, remaining));
+        }
+        let fd = self.file.as_raw_fd();
+        let offset = lba * BLOCK_SIZE;
+        let end = self.size();
+        let seek = |whence| {
+            // SAFETY: lseek on a descriptor we own; it only moves the file offset,
+            // which pread/pwrite never use.
+            let at = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+            if at < 0 {
+                let err = io::Error::last_os_error();
+                // ENXIO: no data at or after the offset.
+                if err.raw_os_error() == Some(libc::ENXIO) {
+                    return Ok(end);
+                }
+                return Err(err);
+            }
+            Ok((at as u64).min(end))
+        };
+        let data = seek(libc::SEEK_DATA)?;
+        let hole_blocks = data.saturating_sub(offset) / BLOCK_SIZE;
+        if hole_blocks > 0 {
+            return Ok((false, hole_blocks.min(remaining)));
+        }
+        let hole = seek(libc::SEEK_HOLE)?;
+        let mapped_blocks = hole.saturating_sub(offset).div_ceil(BLOCK_SIZE).max(1);
+        Ok((true, mapped_blocks.min(remaining)))
+    }
+
     /// Makes `count` blocks from `lba` read as zeros, releasing the space
     /// where the storage can (UNMAP, WRITE SAME with zeros).
     pub fn zero_blocks(&self, lba: u64, count: u64) -> io::Result<()> {

@@ -73,10 +73,10 @@ pub fn vpd_page(page: u8, identity: &Identity) -> Option<Vec<u8>> {
             body
         }
         0xb2 => {
-            // Logical block provisioning: UNMAP and WRITE SAME(16) with UNMAP
-            // are supported and unmapped blocks read as zeros (LBPRZ);
+            // Logical block provisioning: UNMAP and WRITE SAME(16/10) with
+            // UNMAP are supported and unmapped blocks read as zeros (LBPRZ);
             // provisioning type 2, thin.
-            vec![0x00, 0x80 | 0x40 | 0x04, 0x02, 0x00]
+            vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]
         }
         _ => return None,
     };

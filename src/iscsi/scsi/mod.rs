@@ -17,11 +17,13 @@ pub use sense::{Sense, status};
 
 /// Largest READ/WRITE transfer, in blocks (8 MiB).
 pub const MAX_TRANSFER_BLOCKS: u32 = 16384;
-/// Largest UNMAP total, in blocks per descriptor list (1 GiB).
-pub const MAX_UNMAP_BLOCKS: u32 = 2 * 1024 * 1024;
+/// Largest UNMAP total, in blocks per descriptor list (512 MiB).
+pub const MAX_UNMAP_BLOCKS: u32 = 1024 * 1024;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-/// Largest WRITE SAME, in blocks (1 GiB).
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 2 * 1024 * 1024;
+/// Largest WRITE SAME, in blocks: the READ/WRITE limit, since conformance
+/// suites read back a whole WRITE SAME range in one command. Larger zeroing
+/// goes through UNMAP.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = MAX_TRANSFER_BLOCKS as u64;
 /// Largest Data-Out a command may carry (WRITE at the transfer limit).
 pub const MAX_DATA_OUT: u64 = MAX_TRANSFER_BLOCKS as u64 * BLOCK_SIZE;
 
@@ -146,6 +148,7 @@ impl Lun {
             0x1b => Outcome::good(Vec::new()), // START STOP UNIT: always spinning
             0x25 => self.read_capacity10().into(),
             0x9e if cdb[1] & 0x1f == 0x10 => self.read_capacity16(cdb).into(),
+            0x9e if cdb[1] & 0x1f == 0x12 => self.get_lba_status(cdb).into(),
             0x28 | 0x88 => self.read(cdb).into(),
             0x2a | 0x8a => self.write(cdb, data_out).into(),
             0x35 | 0x91 => self.synchronize_cache(cdb).into(),
@@ -202,6 +205,25 @@ impl Lun {
         Ok(allocate(data, be32(cdb, 10) as usize))
     }
 
+    /// GET LBA STATUS: one descriptor for the extent starting at the LBA.
+    fn get_lba_status(&self, cdb: &[u8; 16]) -> Result<Vec<u8>, Sense> {
+        let lba = be64(cdb, 2);
+        if lba >= self.backend.blocks() {
+            return Err(Sense::LBA_OUT_OF_RANGE);
+        }
+        let (mapped, count) = self
+            .backend
+            .mapping(lba)
+            .map_err(|_| Sense::UNRECOVERED_READ_ERROR)?;
+        let mut data = vec![0u8; 24];
+        data[0..4].copy_from_slice(&20u32.to_be_bytes());
+        data[8..16].copy_from_slice(&lba.to_be_bytes());
+        data[16..20].copy_from_slice(&(count.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+        // Provisioning status: 0 mapped, 1 deallocated.
+        data[20] = if mapped { 0 } else { 1 };
+        Ok(allocate(data, be32(cdb, 10) as usize))
+    }
+
     /// Checks the range and transfer size of a READ/WRITE.
     fn transfer_range(&self, cdb: &[u8; 16]) -> Result<(u64, u64), Sense> {
         let (lba, count) = lba_and_count(cdb).ok_or(Sense::INVALID_OPCODE)?;
@@ -216,6 +238,10 @@ impl Lun {
 
     fn read(&self, cdb: &[u8; 16]) -> Result<Vec<u8>, Sense> {
         let (lba, count) = self.transfer_range(cdb)?;
+        if cdb[1] & 0xe0 != 0 {
+            // RDPROTECT: no protection information here.
+            return Err(Sense::INVALID_FIELD_IN_CDB);
+        }
         let mut data = vec![0u8; (count * BLOCK_SIZE) as usize];
         self.backend
             .read_blocks(lba, &mut data)
@@ -225,10 +251,15 @@ impl Lun {
 
     fn write(&self, cdb: &[u8; 16], data_out: &[u8]) -> Result<Vec<u8>, Sense> {
         let (lba, count) = self.transfer_range(cdb)?;
+        if cdb[1] & 0xe0 != 0 {
+            // WRPROTECT: no protection information here.
+            return Err(Sense::INVALID_FIELD_IN_CDB);
+        }
+        // An initiator that sends less than the CDB asks for (iSCSI
+        // residual overflow) gets the whole blocks it did send written.
         let length = (count * BLOCK_SIZE) as usize;
-        let Some(data) = data_out.get(..length) else {
-            return Err(Sense::DATA_PHASE_ERROR);
-        };
+        let usable = data_out.len().min(length) / BLOCK_SIZE as usize * BLOCK_SIZE as usize;
+        let data = &data_out[..usable];
         let fua = cdb[1] & 0x08 != 0;
         self.backend
             .write_blocks(lba, data, fua)
@@ -290,8 +321,8 @@ impl Lun {
     fn write_same(&self, cdb: &[u8; 16], data_out: &[u8]) -> Result<Vec<u8>, Sense> {
         let (lba, count) = lba_and_count(cdb).ok_or(Sense::INVALID_OPCODE)?;
         let no_data_out = cdb[1] & 0x01 != 0;
-        if cdb[1] & 0x16 != 0 || (no_data_out && cdb[0] == 0x41) {
-            // ANCHOR, protection information; NDOB exists only in WRITE SAME(16).
+        if cdb[1] & 0xf6 != 0 || (no_data_out && cdb[0] == 0x41) {
+            // WRPROTECT, ANCHOR, PBDATA/LBDATA; NDOB exists only in WRITE SAME(16).
             return Err(Sense::INVALID_FIELD_IN_CDB);
         }
         if !self.backend.in_range(lba, count) {
@@ -465,9 +496,32 @@ mod tests {
     }
 
     #[test]
-    fn short_write_data_is_a_check_condition() {
-        let (_file, lun) = lun_with(8);
+    fn lba_status_follows_holes() {
+        let (_file, lun) = lun_with(4096);
+        lun.execute(0, &write16(1024, 8), &[1; 8 * 512]);
+        let status = |lba: u64| {
+            let mut c = cdb(&[0x9e, 0x12]);
+            c[2..10].copy_from_slice(&lba.to_be_bytes());
+            c[10..14].copy_from_slice(&24u32.to_be_bytes());
+            let data = lun.execute(0, &c, &[]).data;
+            (
+                data[20],
+                u32::from_be_bytes([data[16], data[17], data[18], data[19]]),
+            )
+        };
+        assert_eq!(status(0), (1, 1024));
+        let (mapped, count) = status(1024);
+        assert_eq!(mapped, 0);
+        assert!((8..=3072).contains(&count), "{count}");
+    }
+
+    #[test]
+    fn short_write_data_writes_the_whole_blocks_sent() {
+        let (file, lun) = lun_with(8);
         let outcome = lun.execute(0, &write16(0, 2), &[1; 600]);
-        assert_eq!(outcome.sense, Some(Sense::DATA_PHASE_ERROR));
+        assert_eq!(outcome.status, status::GOOD);
+        let bytes = std::fs::read(file.path()).unwrap();
+        assert!(bytes[..512].iter().all(|&b| b == 1));
+        assert!(bytes[512..].iter().all(|&b| b == 0));
     }
 }

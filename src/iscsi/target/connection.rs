@@ -32,6 +32,9 @@ struct PendingWrite {
     next_r2t_offset: u64,
     outstanding_r2ts: u32,
     r2t_sn: u32,
+    /// Next DataSN expected per sequence (keyed by Target Transfer Tag;
+    /// unsolicited data uses the reserved tag).
+    next_data_sn: HashMap<u32, u32>,
 }
 
 pub struct Connection<'a, S> {
@@ -111,12 +114,15 @@ impl<'a, S: Read + Write> Connection<'a, S> {
     fn handle(&mut self, pdu: Pdu) -> io::Result<bool> {
         match pdu.header {
             Header::ScsiCommand(command) => {
-                self.advance_cmd_sn(command.immediate, command.cmd_sn);
-                self.scsi_command(command, pdu.data)?;
+                if self.accept_cmd_sn(command.immediate, command.cmd_sn) {
+                    self.scsi_command(command, pdu.data)?;
+                }
             }
             Header::DataOut(data_out) => self.data_out(data_out, pdu.data)?,
             Header::NopOut(nop) => {
-                self.advance_cmd_sn(nop.immediate, nop.cmd_sn);
+                if !self.accept_cmd_sn(nop.immediate, nop.cmd_sn) {
+                    return Ok(true);
+                }
                 // A NOP-Out with the reserved tag answers our ping: no reply.
                 if nop.itt != RESERVED_TAG {
                     let header = Header::NopIn(NopIn {
@@ -131,7 +137,9 @@ impl<'a, S: Read + Write> Connection<'a, S> {
                 }
             }
             Header::TextRequest(request) => {
-                self.advance_cmd_sn(request.immediate, request.cmd_sn);
+                if !self.accept_cmd_sn(request.immediate, request.cmd_sn) {
+                    return Ok(true);
+                }
                 let data = self.text_response(&pdu.data);
                 let header = Header::TextResponse(TextResponse {
                     final_: true,
@@ -146,7 +154,9 @@ impl<'a, S: Read + Write> Connection<'a, S> {
                 self.send(Pdu::new(header, data))?;
             }
             Header::TaskMgmtRequest(request) => {
-                self.advance_cmd_sn(request.immediate, request.cmd_sn);
+                if !self.accept_cmd_sn(request.immediate, request.cmd_sn) {
+                    return Ok(true);
+                }
                 // Commands run to completion as they arrive; only writes
                 // waiting for data can still be aborted.
                 let response = match request.function {
@@ -170,7 +180,9 @@ impl<'a, S: Read + Write> Connection<'a, S> {
                 self.send(Pdu::new(header, Vec::new()))?;
             }
             Header::LogoutRequest(request) => {
-                self.advance_cmd_sn(request.immediate, request.cmd_sn);
+                if !self.accept_cmd_sn(request.immediate, request.cmd_sn) {
+                    return Ok(true);
+                }
                 let header = Header::LogoutResponse(LogoutResponse {
                     response: 0,
                     itt: request.itt,
@@ -192,10 +204,19 @@ impl<'a, S: Read + Write> Connection<'a, S> {
         Ok(true)
     }
 
-    fn advance_cmd_sn(&mut self, immediate: bool, cmd_sn: u32) {
-        if !immediate && cmd_sn == self.exp_cmd_sn {
+    /// Checks a command's CmdSN against the window: commands outside
+    /// [ExpCmdSN, MaxCmdSN] are dropped silently (RFC 7143 §3.2.2.1).
+    fn accept_cmd_sn(&mut self, immediate: bool, cmd_sn: u32) -> bool {
+        if immediate {
+            return true;
+        }
+        if pdu::serial_lt(cmd_sn, self.exp_cmd_sn) || pdu::serial_gt(cmd_sn, self.max_cmd_sn()) {
+            return false;
+        }
+        if cmd_sn == self.exp_cmd_sn {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
         }
+        true
     }
 
     fn max_cmd_sn(&self) -> u32 {
@@ -283,6 +304,7 @@ impl<'a, S: Read + Write> Connection<'a, S> {
             next_r2t_offset: unsolicited_end,
             outstanding_r2ts: 0,
             r2t_sn: 0,
+            next_data_sn: HashMap::new(),
         };
         let itt = write.command.itt;
         self.writes.insert(itt, write);
@@ -304,6 +326,21 @@ impl<'a, S: Read + Write> Connection<'a, S> {
             let bhs = Header::DataOut(header).encode().to_vec();
             return self.send_reject(pdu::RejectReason::ProtocolError as u8, bhs);
         }
+        let expected_sn = write.next_data_sn.entry(header.ttt).or_insert(0);
+        if header.data_sn != *expected_sn {
+            // A lost or reordered Data-Out: with ErrorRecoveryLevel 0 the
+            // command fails and nothing of it is written.
+            let write = self
+                .writes
+                .remove(&header.itt)
+                .expect("pending write looked up above");
+            return self.complete(
+                &write.command,
+                Outcome::check(Sense::DATA_PHASE_ERROR),
+                write.r2t_sn,
+            );
+        }
+        *expected_sn += 1;
         write.buffer[offset as usize..end as usize].copy_from_slice(&data);
         write.received += data.len() as u64;
         if solicited && header.final_ {

@@ -463,6 +463,65 @@ fn write16(lba: u64, blocks: u32) -> Vec<u8> {
 }
 
 #[test]
+fn r2t_solicits_the_rest_of_a_write_one_burst_at_a_time() {
+    let export = Export::start();
+    let mut session = raw_login(&export.portal, SECRET, false).unwrap();
+    let total = 1usize << 20;
+    let payload: Vec<u8> = (0..total).map(|i| (i / 512 % 251) as u8).collect();
+    // 8 KiB immediate, F set: everything else must be solicited.
+    let itt = session.command(
+        &write16(2048, (total / 512) as u32),
+        false,
+        total as u32,
+        payload[..8192].to_vec(),
+        true,
+    );
+    let mut offset = 8192usize;
+    let mut r2t_sn = 0;
+    let response = loop {
+        let reply = session.receive();
+        match reply.header {
+            Header::ReadyToTransfer(r2t) => {
+                // MaxOutstandingR2T defaults to 1 and MaxBurstLength to 256 KiB.
+                assert_eq!(r2t.itt, itt);
+                assert_eq!(r2t.r2t_sn, r2t_sn);
+                assert_eq!(r2t.buffer_offset as usize, offset);
+                assert_eq!(r2t.desired_length as usize, (total - offset).min(262_144));
+                let end = offset + r2t.desired_length as usize;
+                // Two Data-Out PDUs per burst, DataSN counting from 0.
+                let middle = offset + (end - offset) / 2;
+                for (data_sn, (from, to)) in
+                    [(offset, middle), (middle, end)].into_iter().enumerate()
+                {
+                    let header = Header::DataOut(DataOut {
+                        final_: to == end,
+                        lun: 0,
+                        itt,
+                        ttt: r2t.ttt,
+                        exp_stat_sn: 0,
+                        data_sn: data_sn as u32,
+                        buffer_offset: from as u32,
+                    });
+                    session.send(Pdu::new(header, payload[from..to].to_vec()));
+                }
+                offset = end;
+                r2t_sn += 1;
+            }
+            Header::ScsiResponse(response) => break response,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(response.status, 0);
+    assert_eq!(offset, total);
+    assert_eq!(r2t_sn, 4);
+    let disk = std::fs::read(&export.disk).unwrap();
+    assert!(
+        disk[2048 * 512..2048 * 512 + total] == payload[..],
+        "written data differs"
+    );
+}
+
+#[test]
 fn bad_chap_secret_fails_with_authentication_failure() {
     require("iscsi-inq", "libiscsi-bin");
     let export = Export::start();

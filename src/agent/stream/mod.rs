@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod http;
 pub mod layout;
 pub mod target;
+pub mod trace;
 pub mod window;
 
 use std::cell::RefCell;
@@ -26,6 +27,7 @@ pub use checksum::Checksum;
 pub use http::{HttpImage, ImageUrl};
 pub use layout::{Layout, Piece, PieceKind, SourceFormat};
 pub use target::Target;
+use trace::{Stage, Trace};
 use window::Window;
 
 use crate::format::qcow2::Qcow2Error;
@@ -131,6 +133,7 @@ pub fn write_image(
     opts: &WriteOptions,
 ) -> Result<WriteReport, StreamError> {
     let started = Instant::now();
+    let trace = Trace::from_env();
     let image = HttpImage::open(
         source,
         opts.resume_window.unwrap_or(http::DEFAULT_RESUME_WINDOW),
@@ -147,6 +150,7 @@ pub fn write_image(
         expected,
         opts,
         workers: workers.max(1),
+        trace: &trace,
     };
     let outcome = job.run();
     let finished = outcome.and_then(|(actual, resumes)| {
@@ -158,9 +162,10 @@ pub fn write_image(
                 actual: format!("{}:{actual}", expected.algorithm()),
             });
         }
-        disk.commit()?;
+        trace.commit(|| disk.commit())?;
         Ok((actual, resumes))
     });
+    trace.finish();
     let (actual, resumes) = match finished {
         Ok(v) => v,
         Err(e) => {
@@ -197,6 +202,7 @@ struct Job<'a> {
     opts: &'a WriteOptions,
     /// Decompression/write threads.
     workers: usize,
+    trace: &'a Trace,
 }
 
 /// One unit of work for a worker: pieces of file bytes that become one contiguous
@@ -231,18 +237,26 @@ impl Job<'_> {
     /// Zero the holes, stream the file through the layout; returns the file's
     /// checksum (hex) and the number of resumed connections.
     fn run(&self) -> Result<(String, u32), StreamError> {
-        for &(start, len) in &self.layout.holes {
-            self.target.zero_range(start, len)?;
-        }
+        self.trace.zeroing(|| -> Result<(), StreamError> {
+            for &(start, len) in &self.layout.holes {
+                self.target.zero_range(start, len)?;
+            }
+            Ok(())
+        })?;
         let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Bytes>(CHUNKS_IN_FLIGHT);
         let (work_tx, work_rx) = mpsc::sync_channel::<Work>(JOBS_IN_FLIGHT);
         let queue: WorkQueue = Mutex::new(Some(work_rx));
         std::thread::scope(|scope| {
-            let reader = scope.spawn(move || self.download(chunk_tx));
+            let reader = scope.spawn(move || {
+                self.trace
+                    .thread(Stage::Receive, || self.download(chunk_tx))
+            });
             let workers: Vec<_> = (0..self.workers)
-                .map(|_| scope.spawn(|| self.work(&queue)))
+                .map(|_| scope.spawn(|| self.trace.thread(Stage::Work, || self.work(&queue))))
                 .collect();
-            let parsed = self.parse(chunk_rx, work_tx);
+            let parsed = self
+                .trace
+                .thread(Stage::Parse, || self.parse(chunk_rx, work_tx));
             let mut written = Ok(());
             for worker in workers {
                 let result = worker
@@ -268,13 +282,14 @@ impl Job<'_> {
     /// queue for everyone.
     fn work(&self, queue: &WorkQueue) -> Result<(), StreamError> {
         loop {
-            let next = {
+            let next = self.trace.blocked(Stage::Work, || {
                 let rx = queue.lock().unwrap_or_else(|p| p.into_inner());
-                match rx.as_ref().map(|rx| rx.recv()) {
-                    Some(Ok(work)) => work,
-                    // The parser is done, or another worker failed.
-                    _ => return Ok(()),
-                }
+                rx.as_ref().map(|rx| rx.recv())
+            });
+            let next = match next {
+                Some(Ok(work)) => work,
+                // The parser is done, or another worker failed.
+                _ => return Ok(()),
             };
             if let Err(e) = self.apply(next) {
                 queue.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -292,10 +307,12 @@ impl Job<'_> {
         let mut hasher = self.expected.hasher();
         std::thread::scope(|scope| {
             let hashing = scope.spawn(move || {
-                for chunk in hash_rx {
-                    hasher.update(&chunk);
-                }
-                hasher.finish()
+                self.trace.thread(Stage::Hash, || {
+                    while let Ok(chunk) = self.trace.blocked(Stage::Hash, || hash_rx.recv()) {
+                        hasher.update(&chunk);
+                    }
+                    hasher.finish()
+                })
             });
             let received = (|| -> Result<(), StreamError> {
                 loop {
@@ -324,7 +341,10 @@ impl Job<'_> {
                     }
                     // A closed channel: the parser stopped, and its error is the
                     // one to report.
-                    if hash_tx.send(chunk.clone()).is_err() || tx.send(chunk).is_err() {
+                    let closed = self.trace.blocked(Stage::Receive, || {
+                        hash_tx.send(chunk.clone()).is_err() || tx.send(chunk).is_err()
+                    });
+                    if closed {
                         return Ok(());
                     }
                 }
@@ -350,8 +370,12 @@ impl Job<'_> {
         let mut next = 0usize;
         // Bytes of pieces[next] already handed out (raw pieces go out in parts).
         let mut done = 0u64;
-        let mut jobs = JobBuilder { tx, open: None };
-        for chunk in rx {
+        let mut jobs = JobBuilder {
+            tx,
+            open: None,
+            trace: self.trace,
+        };
+        while let Ok(chunk) = self.trace.blocked(Stage::Parse, || rx.recv()) {
             window.push(chunk);
             let window_end = window.end();
             while let Some(p) = pieces.get(next) {
@@ -504,12 +528,13 @@ impl Job<'_> {
 
 /// Gathers guest-contiguous parts into write jobs of at most `WRITE_RUN` bytes and
 /// queues each job as soon as it is closed.
-struct JobBuilder {
+struct JobBuilder<'a> {
     tx: mpsc::SyncSender<Work>,
     open: Option<Work>,
+    trace: &'a Trace,
 }
 
-impl JobBuilder {
+impl JobBuilder<'_> {
     /// Add `bytes` that become `guest_len` guest bytes at `guest`; false once the
     /// workers are gone.
     fn add(&mut self, guest: u64, guest_len: u64, bytes: Bytes, kind: PieceKind) -> bool {
@@ -527,7 +552,7 @@ impl JobBuilder {
             parts: vec![(bytes, kind)],
         });
         match closed {
-            Some(w) => self.tx.send(w).is_ok(),
+            Some(w) => self.trace.blocked(Stage::Parse, || self.tx.send(w)).is_ok(),
             None => true,
         }
     }

@@ -206,6 +206,82 @@ fn wrong_checksum_fails_and_leaves_no_bootable_first_mib() {
     }
 }
 
+/// File offset of the compressed cluster holding `guest`, read from the qcow2
+/// tables as the format specification lays them out (an oracle apart from kiln's
+/// reader): header -> L1 -> L2 entry with the compressed flag (bit 62).
+fn compressed_cluster_host_offset(image: &Path, guest: u64) -> u64 {
+    let f = fs::File::open(image).unwrap();
+    let be64 = |at: u64| {
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, at).unwrap();
+        u64::from_be_bytes(b)
+    };
+    let mut b4 = [0u8; 4];
+    f.read_exact_at(&mut b4, 20).unwrap();
+    let cluster_bits = u32::from_be_bytes(b4) as u64;
+    let l1_offset = be64(40);
+    let l2_entries = 1u64 << (cluster_bits - 3);
+    let cluster = guest >> cluster_bits;
+    let l1_entry = be64(l1_offset + 8 * (cluster / l2_entries));
+    let l2_offset = l1_entry & 0x00ff_ffff_ffff_fe00;
+    let entry = be64(l2_offset + 8 * (cluster % l2_entries));
+    assert!(
+        entry & (1 << 62) != 0,
+        "guest {guest} is not a compressed cluster"
+    );
+    entry & ((1u64 << (62 - (cluster_bits - 8))) - 1)
+}
+
+#[test]
+fn a_corrupt_compressed_cluster_stops_every_worker_and_names_the_guest_offset() {
+    let fx = fixture();
+    // Early in the disk, so the parser still has most of the stream to hand out
+    // when the worker that meets it fails.
+    let guest = 3 * MIB;
+    let path = fx.images.join("zlib.qcow2");
+    let host = compressed_cluster_host_offset(&path, guest);
+    // 0xff starts a deflate block of the reserved type 3: invalid for any reader.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&[0xffu8; 16], host)
+        .unwrap();
+    let qemu = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+        .arg(&path)
+        .arg(&fx.raw)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !qemu.success(),
+        "qemu-img still reads the corrupted image as the source"
+    );
+    // The checksum matches the file as served: only the decoder can object.
+    let sum = sha256_of(&path);
+    let target = fx.work.join("corrupt");
+    fs::write(&target, vec![0xa5u8; DISK as usize]).unwrap();
+    let opts = WriteOptions {
+        threads: Some(3),
+        ..Default::default()
+    };
+    let err = write_image(
+        &ImageUrl::parse(&fx.server.url("zlib.qcow2")).unwrap(),
+        &sum,
+        &target,
+        &opts,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StreamError::Qcow2 { .. }), "{msg}");
+    assert!(msg.contains(&format!("guest offset {guest}")), "{msg}");
+    assert!(
+        first_mib(&target).iter().all(|&b| b == 0),
+        "first MiB not zeroed"
+    );
+}
+
 #[test]
 fn target_smaller_than_the_disk_is_refused_untouched() {
     let fx = fixture();

@@ -4,39 +4,44 @@
 //! The chain: HTTP body (resuming with Range requests) -> hash (every byte of the
 //! file) -> layout (which file bytes are which guest bytes) -> decompress -> target
 //! (first MiB held back until the checksum matched). Network reading, hashing and
-//! parsing the stream each run on their own thread; decompression and writes on
-//! the rayon pool.
+//! parsing the stream each run on their own thread; a fixed set of workers takes
+//! write jobs from a bounded queue as they come (no batch waits for its slowest
+//! job), decompresses them and writes them with positional writes. Jobs hold views
+//! of the received chunks, not copies.
 
 pub mod checksum;
 pub mod http;
 pub mod layout;
 pub mod target;
+pub mod trace;
+pub mod window;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use rayon::prelude::*;
+use bytes::Bytes;
 
 pub use checksum::Checksum;
 pub use http::{HttpImage, ImageUrl};
 pub use layout::{Layout, Piece, PieceKind, SourceFormat};
 pub use target::Target;
+use trace::{Stage, Trace};
+use window::Window;
 
 use crate::format::qcow2::Qcow2Error;
 use crate::format::qcow2::compress::decompress_cluster;
 
 /// Bytes read from the network at a time.
 const CHUNK: usize = 1 << 20;
-/// Chunks queued between the network thread and the parser.
+/// Chunks queued between the network thread and the parser (and the hasher).
 const CHUNKS_IN_FLIGHT: usize = 16;
-/// File bytes per batch of decompress/write jobs.
-const BATCH_BYTES: u64 = 8 << 20;
-/// Batches queued between the parser and the workers.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Write jobs queued between the parser and the workers. Each holds at most about
+/// one MiB of guest data, so with the chunks above memory stays well under 100 MiB.
+const JOBS_IN_FLIGHT: usize = 32;
 /// The parser's window never grows beyond this (a pathological layout otherwise).
-const MAX_WINDOW: usize = 64 << 20;
+const MAX_WINDOW: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -96,7 +101,7 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 #[derive(Clone, Default)]
 pub struct WriteOptions {
     pub progress: Option<Arc<ProgressFn>>,
-    /// Decompression/write threads (default: the global rayon pool).
+    /// Decompression/write threads (default: one per core).
     pub threads: Option<usize>,
     /// How long to keep reconnecting after a failure (default:
     /// `DEFAULT_RESUME_WINDOW`, enough for a conductor restart).
@@ -128,28 +133,24 @@ pub fn write_image(
     opts: &WriteOptions,
 ) -> Result<WriteReport, StreamError> {
     let started = Instant::now();
+    let trace = Trace::from_env();
     let image = HttpImage::open(
         source,
         opts.resume_window.unwrap_or(http::DEFAULT_RESUME_WINDOW),
     )?;
     let layout = layout::plan(&image)?;
     let disk = Target::open(target, layout.virtual_size)?;
-    let pool = match opts.threads {
-        Some(n) => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n.max(1))
-                .build()
-                .map_err(|e| StreamError::Internal(format!("cannot start {n} threads: {e}")))?,
-        ),
-        None => None,
-    };
+    let workers = opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
     let job = Job {
         image: &image,
         layout: &layout,
         target: &disk,
         expected,
         opts,
-        pool: pool.as_ref(),
+        workers: workers.max(1),
+        trace: &trace,
     };
     let outcome = job.run();
     let finished = outcome.and_then(|(actual, resumes)| {
@@ -161,9 +162,10 @@ pub fn write_image(
                 actual: format!("{}:{actual}", expected.algorithm()),
             });
         }
-        disk.commit()?;
+        trace.commit(|| disk.commit())?;
         Ok((actual, resumes))
     });
+    trace.finish();
     let (actual, resumes) = match finished {
         Ok(v) => v,
         Err(e) => {
@@ -198,16 +200,24 @@ struct Job<'a> {
     target: &'a Target,
     expected: &'a Checksum,
     opts: &'a WriteOptions,
-    /// The pool for decompression and writes (None: rayon's global pool).
-    pool: Option<&'a rayon::ThreadPool>,
+    /// Decompression/write threads.
+    workers: usize,
+    trace: &'a Trace,
 }
 
-/// One unit of work for the pool: pieces of file bytes that become one
-/// contiguous run of guest bytes at `guest`, written with one call.
+/// One unit of work for a worker: pieces of file bytes that become one contiguous
+/// run of guest bytes at `guest`, written with one call (raw pieces with one call
+/// per received chunk they came in).
 struct Work {
     guest: u64,
     guest_len: u64,
-    parts: Vec<(Vec<u8>, PieceKind)>,
+    parts: Vec<(Bytes, PieceKind)>,
+}
+
+impl Work {
+    fn all_raw(&self) -> bool {
+        self.parts.iter().all(|(_, k)| *k == PieceKind::Raw)
+    }
 }
 
 /// Guest bytes gathered into one write at most (what convert writes at a time).
@@ -218,32 +228,45 @@ thread_local! {
     static RUN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The receiving end of the work queue, shared by the workers. A failing worker
+/// empties it, which drops the receiver: the parser's next send fails and the
+/// whole pipeline winds down instead of feeding workers that already gave up.
+type WorkQueue = Mutex<Option<mpsc::Receiver<Work>>>;
+
 impl Job<'_> {
     /// Zero the holes, stream the file through the layout; returns the file's
     /// checksum (hex) and the number of resumed connections.
     fn run(&self) -> Result<(String, u32), StreamError> {
-        for &(start, len) in &self.layout.holes {
-            self.target.zero_range(start, len)?;
-        }
-        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
-        let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Work>>(BATCHES_IN_FLIGHT);
+        self.trace.zeroing(|| -> Result<(), StreamError> {
+            for &(start, len) in &self.layout.holes {
+                self.target.zero_range(start, len)?;
+            }
+            Ok(())
+        })?;
+        let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Bytes>(CHUNKS_IN_FLIGHT);
+        let (work_tx, work_rx) = mpsc::sync_channel::<Work>(JOBS_IN_FLIGHT);
+        let queue: WorkQueue = Mutex::new(Some(work_rx));
         std::thread::scope(|scope| {
-            let reader = scope.spawn(move || self.download(chunk_tx));
-            let workers = scope.spawn(move || -> Result<(), StreamError> {
-                let apply_all =
-                    |batch: Vec<Work>| batch.into_par_iter().try_for_each(|w| self.apply(w));
-                for batch in batch_rx {
-                    match self.pool {
-                        Some(pool) => pool.install(|| apply_all(batch))?,
-                        None => apply_all(batch)?,
-                    }
-                }
-                Ok(())
+            let reader = scope.spawn(move || {
+                self.trace
+                    .thread(Stage::Receive, || self.download(chunk_tx))
             });
-            let parsed = self.parse(chunk_rx, batch_tx);
-            let written = workers
-                .join()
-                .map_err(|_| StreamError::Internal("write thread panicked".into()))?;
+            let workers: Vec<_> = (0..self.workers)
+                .map(|_| scope.spawn(|| self.trace.thread(Stage::Work, || self.work(&queue))))
+                .collect();
+            let parsed = self
+                .trace
+                .thread(Stage::Parse, || self.parse(chunk_rx, work_tx));
+            let mut written = Ok(());
+            for worker in workers {
+                let result = worker
+                    .join()
+                    .map_err(|_| StreamError::Internal("write thread panicked".into()))
+                    .and_then(|r| r);
+                if written.is_ok() {
+                    written = result;
+                }
+            }
             let downloaded = reader
                 .join()
                 .map_err(|_| StreamError::Internal("download thread panicked".into()))?;
@@ -255,19 +278,41 @@ impl Job<'_> {
         })
     }
 
+    /// Worker thread: take jobs until the queue ends; on a failure, close the
+    /// queue for everyone.
+    fn work(&self, queue: &WorkQueue) -> Result<(), StreamError> {
+        loop {
+            let next = self.trace.blocked(Stage::Work, || {
+                let rx = queue.lock().unwrap_or_else(|p| p.into_inner());
+                rx.as_ref().map(|rx| rx.recv())
+            });
+            let next = match next {
+                Some(Ok(work)) => work,
+                // The parser is done, or another worker failed.
+                _ => return Ok(()),
+            };
+            if let Err(e) = self.apply(next) {
+                queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return Err(e);
+            }
+        }
+    }
+
     /// Network thread: read the body in order and pass every chunk to the hash
     /// thread (every byte of the file is hashed) and to the parser.
-    fn download(&self, tx: mpsc::SyncSender<Arc<Vec<u8>>>) -> Result<(String, u32), StreamError> {
+    fn download(&self, tx: mpsc::SyncSender<Bytes>) -> Result<(String, u32), StreamError> {
         let mut body = self.image.stream()?;
         let total = self.image.size;
-        let (hash_tx, hash_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<Bytes>(CHUNKS_IN_FLIGHT);
         let mut hasher = self.expected.hasher();
         std::thread::scope(|scope| {
             let hashing = scope.spawn(move || {
-                for chunk in hash_rx {
-                    hasher.update(&chunk);
-                }
-                hasher.finish()
+                self.trace.thread(Stage::Hash, || {
+                    while let Ok(chunk) = self.trace.blocked(Stage::Hash, || hash_rx.recv()) {
+                        hasher.update(&chunk);
+                    }
+                    hasher.finish()
+                })
             });
             let received = (|| -> Result<(), StreamError> {
                 loop {
@@ -290,13 +335,16 @@ impl Job<'_> {
                         });
                     }
                     chunk.truncate(n);
-                    let chunk = Arc::new(chunk);
+                    let chunk = Bytes::from(chunk);
                     if let Some(progress) = &self.opts.progress {
                         progress(body.position(), total);
                     }
                     // A closed channel: the parser stopped, and its error is the
                     // one to report.
-                    if hash_tx.send(chunk.clone()).is_err() || tx.send(chunk).is_err() {
+                    let closed = self.trace.blocked(Stage::Receive, || {
+                        hash_tx.send(chunk.clone()).is_err() || tx.send(chunk).is_err()
+                    });
+                    if closed {
                         return Ok(());
                     }
                 }
@@ -311,23 +359,25 @@ impl Job<'_> {
     }
 
     /// Parser thread: follow the layout through the stream, cutting pieces out of
-    /// a window of file bytes and batching them for the pool.
+    /// the window of received chunks and queueing write jobs for the workers.
     fn parse(
         &self,
-        rx: mpsc::Receiver<Arc<Vec<u8>>>,
-        tx: mpsc::SyncSender<Vec<Work>>,
+        rx: mpsc::Receiver<Bytes>,
+        tx: mpsc::SyncSender<Work>,
     ) -> Result<(), StreamError> {
         let pieces = &self.layout.pieces;
-        let mut window: Vec<u8> = Vec::new();
-        let mut window_start = 0u64;
+        let mut window = Window::new();
         let mut next = 0usize;
         // Bytes of pieces[next] already handed out (raw pieces go out in parts).
         let mut done = 0u64;
-        let mut batch: Vec<Work> = Vec::new();
-        let mut batch_bytes = 0u64;
-        for chunk in rx {
-            window.extend_from_slice(&chunk);
-            let window_end = window_start + window.len() as u64;
+        let mut jobs = JobBuilder {
+            tx,
+            open: None,
+            trace: self.trace,
+        };
+        while let Ok(chunk) = self.trace.blocked(Stage::Parse, || rx.recv()) {
+            window.push(chunk);
+            let window_end = window.end();
             while let Some(p) = pieces.get(next) {
                 let from = p.host + done;
                 let to = p.host + p.len;
@@ -339,31 +389,33 @@ impl Job<'_> {
                 if ready_to <= from {
                     break;
                 }
-                if from < window_start {
+                if from < window.start() {
                     // Only possible if the layout's ordering were broken.
                     return Err(StreamError::Internal(format!(
                         "file offset {from} was already passed"
                     )));
                 }
-                let slice =
-                    &window[(from - window_start) as usize..(ready_to - window_start) as usize];
-                batch_bytes += slice.len() as u64;
                 let guest = p.guest + done;
-                let len = match p.kind {
-                    PieceKind::Raw => slice.len() as u64,
-                    PieceKind::Compressed { guest_len } => guest_len,
-                };
-                let part = (slice.to_vec(), p.kind);
-                match batch.last_mut() {
-                    Some(w) if w.guest + w.guest_len == guest && w.guest_len + len <= WRITE_RUN => {
-                        w.guest_len += len;
-                        w.parts.push(part);
+                let sent = match p.kind {
+                    PieceKind::Raw => {
+                        let mut at = guest;
+                        window.views(from, ready_to).into_iter().all(|view| {
+                            let len = view.len() as u64;
+                            at += len;
+                            jobs.add(at - len, len, view, PieceKind::Raw)
+                        })
                     }
-                    _ => batch.push(Work {
-                        guest,
-                        guest_len: len,
-                        parts: vec![part],
-                    }),
+                    PieceKind::Compressed { guest_len } => {
+                        let packed = window.contiguous(from, to).ok_or_else(|| {
+                            StreamError::Internal(format!(
+                                "file bytes {from}..{to} are not in the window"
+                            ))
+                        })?;
+                        jobs.add(guest, guest_len, packed, p.kind)
+                    }
+                };
+                if !sent {
+                    return Ok(()); // the workers failed and report why
                 }
                 if ready_to == to {
                     next += 1;
@@ -372,12 +424,6 @@ impl Job<'_> {
                     done = ready_to - p.host;
                     break;
                 }
-            }
-            if batch_bytes >= BATCH_BYTES {
-                if tx.send(std::mem::take(&mut batch)).is_err() {
-                    return Ok(()); // the workers failed and report why
-                }
-                batch_bytes = 0;
             }
             // Keep only what unfinished pieces still need; pieces may overlap
             // (compressed clusters share sectors), so look at the next one too.
@@ -388,22 +434,20 @@ impl Job<'_> {
                     if let Some(q) = pieces.get(next + 1) {
                         k = k.min(q.host);
                     }
-                    k.clamp(window_start, window_end)
+                    k.clamp(window.start(), window_end)
                 }
             };
-            window.drain(..(keep_from - window_start) as usize);
-            window_start = keep_from;
+            window.release_before(keep_from);
             if window.len() > MAX_WINDOW {
                 return Err(StreamError::Internal(format!(
-                    "{}: image layout needs more than {} MiB buffered at file offset {window_start}",
+                    "{}: image layout needs more than {} MiB buffered at file offset {}",
                     self.image.url(),
-                    MAX_WINDOW >> 20
+                    MAX_WINDOW >> 20,
+                    window.start()
                 )));
             }
         }
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
-        }
+        jobs.flush();
         if let Some(p) = pieces.get(next) {
             return Err(StreamError::Http {
                 url: self.image.url().to_string(),
@@ -416,32 +460,46 @@ impl Job<'_> {
 
     /// Worker: decompress if needed and write to the target.
     fn apply(&self, work: Work) -> Result<(), StreamError> {
-        if let [(bytes, PieceKind::Raw)] = &work.parts[..] {
-            return self.target.write_at(work.guest, bytes);
+        if work.all_raw() {
+            let mut at = work.guest;
+            for (bytes, _) in &work.parts {
+                self.target.write_at(at, bytes)?;
+                at += bytes.len() as u64;
+            }
+            return Ok(());
         }
         RUN.with_borrow_mut(|run| {
-            run.clear();
+            let need = work.guest_len as usize;
+            if run.len() < need {
+                // Grown once per thread and then reused: no per-job clearing.
+                run.resize(need, 0);
+            }
+            let mut len = 0usize;
             for (bytes, kind) in &work.parts {
+                let part_len = match *kind {
+                    PieceKind::Raw => bytes.len(),
+                    PieceKind::Compressed { guest_len } => guest_len as usize,
+                };
+                let out = run.get_mut(len..len + part_len).ok_or_else(|| {
+                    StreamError::Internal(format!(
+                        "write job at guest offset {} is longer than its {need} bytes",
+                        work.guest
+                    ))
+                })?;
                 match *kind {
-                    PieceKind::Raw => run.extend_from_slice(bytes),
-                    PieceKind::Compressed { guest_len } => {
-                        let at = work.guest + run.len() as u64;
-                        self.decompress(bytes, at, guest_len, run)?;
+                    PieceKind::Raw => out.copy_from_slice(bytes),
+                    PieceKind::Compressed { .. } => {
+                        self.decompress(bytes, work.guest + len as u64, out)?
                     }
                 }
+                len += part_len;
             }
-            self.target.write_at(work.guest, run)
+            self.target.write_at(work.guest, &run[..len])
         })
     }
 
-    /// Decompress one cluster and append its first `guest_len` bytes to `out`.
-    fn decompress(
-        &self,
-        packed: &[u8],
-        guest: u64,
-        guest_len: u64,
-        out: &mut Vec<u8>,
-    ) -> Result<(), StreamError> {
+    /// Decompress one cluster into `out` (its first `out.len()` guest bytes).
+    fn decompress(&self, packed: &[u8], guest: u64, out: &mut [u8]) -> Result<(), StreamError> {
         let cs = self.layout.cluster_size as usize;
         let corrupt = |e: crate::format::qcow2::compress::CompressError| StreamError::Qcow2 {
             url: self.image.url().to_string(),
@@ -450,17 +508,59 @@ impl Job<'_> {
             )),
         };
         let kind = self.layout.compression;
-        if guest_len as usize == cs {
-            let start = out.len();
-            out.resize(start + cs, 0);
-            return decompress_cluster(kind, packed, &mut out[start..]).map_err(corrupt);
+        if out.len() == cs {
+            return decompress_cluster(kind, packed, out).map_err(corrupt);
         }
         // The disk's last cluster: decompress whole, keep the part inside the disk.
         CLUSTER.with_borrow_mut(|cluster| {
             cluster.resize(cs, 0);
             decompress_cluster(kind, packed, cluster).map_err(corrupt)?;
-            out.extend_from_slice(&cluster[..guest_len as usize]);
+            let n = out.len();
+            out.copy_from_slice(cluster.get(..n).ok_or_else(|| {
+                StreamError::Internal(format!(
+                    "piece at guest offset {guest} is longer than a cluster"
+                ))
+            })?);
             Ok(())
         })
+    }
+}
+
+/// Gathers guest-contiguous parts into write jobs of at most `WRITE_RUN` bytes and
+/// queues each job as soon as it is closed.
+struct JobBuilder<'a> {
+    tx: mpsc::SyncSender<Work>,
+    open: Option<Work>,
+    trace: &'a Trace,
+}
+
+impl JobBuilder<'_> {
+    /// Add `bytes` that become `guest_len` guest bytes at `guest`; false once the
+    /// workers are gone.
+    fn add(&mut self, guest: u64, guest_len: u64, bytes: Bytes, kind: PieceKind) -> bool {
+        if let Some(w) = &mut self.open
+            && w.guest + w.guest_len == guest
+            && w.guest_len + guest_len <= WRITE_RUN
+        {
+            w.guest_len += guest_len;
+            w.parts.push((bytes, kind));
+            return true;
+        }
+        let closed = self.open.replace(Work {
+            guest,
+            guest_len,
+            parts: vec![(bytes, kind)],
+        });
+        match closed {
+            Some(w) => self.trace.blocked(Stage::Parse, || self.tx.send(w)).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Queue the last job.
+    fn flush(&mut self) {
+        if let Some(w) = self.open.take() {
+            let _ = self.tx.send(w);
+        }
     }
 }

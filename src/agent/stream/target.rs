@@ -130,7 +130,24 @@ impl Target {
         } else {
             self.file.write_all_at(data, offset)
         };
-        result.map_err(|e| self.write_error(offset, e))
+        result.map_err(|e| self.write_error(offset, e))?;
+        self.start_writeback(offset, data.len() as u64);
+        Ok(())
+    }
+
+    /// Start writing these bytes to the disk now rather than at the final fsync,
+    /// so the flush overlaps the rest of the stream instead of following it. Only
+    /// a hint: the fsync in `commit` is what reports write errors.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        // SAFETY: plain syscall on an fd we own; it reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
     }
 
     /// Make `[offset, offset + len)` read as zeros (not needed on a fresh file).

@@ -27,7 +27,7 @@ th{background:#eee}td.num{text-align:right}\
 .error{color:#c62828;max-width:28em;white-space:pre-wrap;word-break:break-word}\
 progress{width:9em;vertical-align:middle}\
 details{margin:.4em 0}summary{cursor:pointer}\
-small{color:#666}";
+small{color:#666}td.name,td.state,td.power{white-space:nowrap}";
 
 /// The whole page for `view`.
 pub fn page(view: &StatusView) -> String {
@@ -94,7 +94,7 @@ fn node_row(out: &mut String, now: i64, node: &NodeStatus) {
         "<tr class=\"node\" data-node=\"{name}\" data-state=\"{state_text}\">\
          <td class=\"name\">{name}</td>\
          <td class=\"uuid\" title=\"{uuid}\">{short}</td>\
-         <td>{power}</td>\
+         <td class=\"power\">{power}</td>\
          <td class=\"state {class}\">{state_text}{target}</td>\
          <td>{placement}</td><td>{profile}</td><td>{image}</td><td>{step}</td>\
          <td>{progress}</td><td class=\"error\">{error}</td><td>{heartbeat}</td></tr>",

@@ -16,6 +16,9 @@
 //! power-off each disk holds the newly rendered file and a refresh log that
 //! shows the first-boot value, then the updated one.
 
+#[path = "common/status_page.rs"]
+mod status_page;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -743,6 +746,13 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
 
     let (status, body) = call("POST", &format!("{url}/v1/deployments"), Some(PLAN));
     assert_eq!(status, 202, "{body}");
+    // Issue 9: the status page in a browser shows both nodes on their way.
+    let on_the_way: &[&str] = &["wait call-back", "deploying", "active"];
+    status_page::check_status_page(
+        &format!("{url}/status"),
+        &[("node-big", on_the_way), ("node-small", on_the_way)],
+        &status_page::artifact_dir("deploy_e2e"),
+    );
     let mut deployed = BTreeMap::new();
     for n in &NODES {
         deployed.insert(n.name, wait_for(&conductor, n.name, "active", DEPLOY_WAIT));

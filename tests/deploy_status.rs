@@ -136,6 +136,7 @@ fn the_status_page_and_watch_follow_a_deploy() {
             "{html}"
         );
     }
+    status_page::assert_html5_parses(&html);
     let (status, _, root) = get(&format!("{url}/"));
     assert_eq!(status, 200);
     assert!(root.contains("data-node=\"node-a\""), "{root}");
@@ -284,6 +285,7 @@ fn the_status_page_and_watch_follow_a_deploy() {
     let (_, _, html) = get(&format!("{url}/status"));
     assert!(html.contains("Timeline of node-a"), "{html}");
     assert!(html.contains("deploying &rarr; active"), "{html}");
+    status_page::assert_html5_parses(&html);
 
     // A watch of a deployment at rest prints once and ends; an unknown one fails.
     let (code, out) = Watch::start(&url, &[]).finish();

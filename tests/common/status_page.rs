@@ -209,3 +209,44 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Ve
         bytes
     })
 }
+
+/// html5lib's strict parser (the WHATWG parsing algorithm) finds no parse
+/// error in `html`. Needs python3 with html5lib (PyPI html5lib or Debian python3-html5lib).
+pub fn assert_html5_parses(html: &str) {
+    const SCRIPT: &str = "\
+import sys
+try:
+    import html5lib
+except ImportError:
+    sys.exit(3)
+parser = html5lib.HTMLParser(strict=True)
+try:
+    parser.parse(sys.stdin.buffer.read())
+except html5lib.html5parser.ParseError:
+    print(parser.errors, file=sys.stderr)
+    sys.exit(1)
+";
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is not installed (Debian python3 and python3-html5lib)");
+    let mut stdin = child.stdin.take().expect("python3 stdin");
+    let input = html.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("run python3");
+    let _ = writer.join();
+    assert_ne!(
+        out.status.code(),
+        Some(3),
+        "html5lib is missing for python3 (PyPI html5lib, or Debian python3-html5lib)"
+    );
+    assert!(
+        out.status.success(),
+        "the status page is not valid HTML5: {}\n{html}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -283,7 +283,17 @@ fn the_status_page_and_watch_follow_a_deploy() {
         &artifacts,
     );
     let (_, _, html) = get(&format!("{url}/status"));
-    assert!(html.contains("Timeline of node-a"), "{html}");
+    let (_, events) = common::call(
+        "GET",
+        &format!("{url}/v1/nodes/node-a/timeline"),
+        None,
+        None,
+    );
+    let count = events["events"].as_array().map_or(0, Vec::len);
+    assert!(
+        html.contains(&format!("Timeline of node-a ({count} events)")),
+        "{count} events: {html}"
+    );
     assert!(html.contains("deploying &rarr; active"), "{html}");
     status_page::assert_html5_parses(&html);
 

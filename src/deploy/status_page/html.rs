@@ -154,8 +154,8 @@ fn deployment_section(out: &mut String, now: i64, deployment: &DeploymentView) {
             out,
             "<details open><summary>Timeline of {} ({} event{})</summary>",
             escape(&timeline.node),
-            timeline.events.len(),
-            plural(timeline.events.len())
+            timeline.events.len() + timeline.earlier_events,
+            plural(timeline.events.len() + timeline.earlier_events)
         );
         out.push_str(
             "<table>\n<thead><tr><th>Time (UTC)</th><th>Event</th><th>From &rarr; to</th>\
@@ -174,7 +174,16 @@ fn deployment_section(out: &mut String, now: i64, deployment: &DeploymentView) {
                 message = escape(event.message.as_deref().unwrap_or("")),
             );
         }
-        out.push_str("</tbody>\n</table>\n</details>\n");
+        out.push_str("</tbody>\n</table>\n");
+        if timeline.earlier_events > 0 {
+            let _ = writeln!(
+                out,
+                "<p><small>{} earlier event{} not shown.</small></p>",
+                timeline.earlier_events,
+                plural(timeline.earlier_events)
+            );
+        }
+        out.push_str("</details>\n");
     }
     out.push_str("</section>\n");
 }

@@ -95,11 +95,19 @@ pub struct DeploymentView {
     pub timelines: Vec<NodeTimeline>,
 }
 
+/// The newest events of a node's timeline (a long-lived node collects many;
+/// GET /v1/nodes/{id}/timeline has them all).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeTimeline {
     pub node: String,
     pub events: Vec<TimelineEntry>,
+    /// How many older events were left out.
+    #[serde(default)]
+    pub earlier_events: usize,
 }
+
+/// Events per node the view keeps.
+pub const TIMELINE_EVENTS: usize = 40;
 
 /// Takes a snapshot of the conductor's nodes and deployments.
 pub fn gather(conductor: &Conductor) -> Result<StatusView, ConductorError> {
@@ -119,9 +127,13 @@ pub fn gather(conductor: &Conductor) -> Result<StatusView, ConductorError> {
         };
         let mut timelines = Vec::with_capacity(status.nodes.len());
         for node in &status.nodes {
+            let mut events = timeline(conductor, &node.uuid.to_string())?;
+            let earlier_events = events.len().saturating_sub(TIMELINE_EVENTS);
+            events.drain(..earlier_events);
             timelines.push(NodeTimeline {
                 node: node.node.clone(),
-                events: timeline(conductor, &node.uuid.to_string())?,
+                events,
+                earlier_events,
             });
         }
         deployments.push(DeploymentView {

@@ -93,6 +93,7 @@ fn operator_text_is_escaped_everywhere_it_appears() {
                 event: "fail".to_string(),
                 message: Some("<img src=x onerror=alert(2)>".to_string()),
             }],
+            earlier_events: 3,
         }],
     });
     let html = page(&view);
@@ -107,6 +108,8 @@ fn operator_text_is_escaped_everywhere_it_appears() {
     assert!(html.contains("&lt;img src=x onerror=alert(2)&gt;"));
     assert!(html.contains("data-node=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
     assert_eq!(escape("a\u{7}b"), "a\u{FFFD}b");
+    assert!(html.contains("(4 events)"), "{html}");
+    assert!(html.contains("3 earlier events not shown."), "{html}");
 }
 
 #[test]

@@ -79,7 +79,9 @@ fn handle(conductor: &Conductor, mut request: Request) {
         return;
     }
     let method = request.method().clone();
-    if method == Method::Get && matches!(path.as_str(), "/" | "/status" | "/status/") {
+    if matches!(method, Method::Get | Method::Head)
+        && matches!(path.as_str(), "/" | "/status" | "/status/")
+    {
         serve_status_page(conductor, request);
         return;
     }

@@ -28,6 +28,9 @@
 #[path = "common/bmc.rs"]
 mod bmc;
 
+#[path = "common/status_page.rs"]
+mod status_page;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
@@ -972,6 +975,13 @@ fn deploy_scenario(driver: Driver) {
         Some(driver.plan()),
     );
     assert_eq!(status, 202, "{body}");
+    // Issue 9: the status page in a browser shows both nodes on their way.
+    let on_the_way: &[&str] = &["wait call-back", "deploying", "active"];
+    status_page::check_status_page(
+        &format!("{url}/status"),
+        &[("node-big", on_the_way), ("node-small", on_the_way)],
+        &status_page::artifact_dir("deploy_e2e"),
+    );
     let mut deployed = BTreeMap::new();
     for n in &NODES {
         deployed.insert(n.name, wait_for(&conductor, n.name, "active", DEPLOY_WAIT));

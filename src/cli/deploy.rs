@@ -1,13 +1,15 @@
 //! `kiln deploy PLAN.yaml` and `kiln deploy status|list|update|undeploy`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::node::{ConductorUrl, WaitArgs};
 use crate::deploy::client::progress::NodeBars;
-use crate::deploy::client::{Client, WaitOptions, render};
+use crate::deploy::client::{Client, WaitOptions, WatchOptions, WatchOutput, render};
 use crate::deploy::protocol::DeploymentStatus;
 
 #[derive(Args)]
@@ -31,6 +33,15 @@ enum DeployCommand {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Keep showing the status (as the conductor's status page does) until
+        /// every node rests; one line (or with --json one JSON document) per
+        /// change when stdout is not a terminal
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between polls with --watch
+        #[arg(long, value_name = "SECS", default_value_t = 2,
+              value_parser = clap::value_parser!(u64).range(1..=3600), requires = "watch")]
+        interval: u64,
     },
     /// Change a deployment's plan: new role configuration (and hostnames) reach
     /// the deployed nodes on their next poll; image or count changes are refused
@@ -54,7 +65,30 @@ enum DeployCommand {
 pub fn run(args: DeployArgs) -> Result<u8> {
     let client = args.conductor.client();
     match (args.command, args.plan) {
-        (Some(DeployCommand::Status { name, json }), _) => {
+        (
+            Some(DeployCommand::Status {
+                name,
+                json,
+                watch: true,
+                interval,
+            }),
+            _,
+        ) => {
+            let output = if json {
+                WatchOutput::JsonLines
+            } else if std::io::stdout().is_terminal() {
+                WatchOutput::Screen
+            } else {
+                WatchOutput::Lines
+            };
+            let options = WatchOptions {
+                deployment: name,
+                interval: Duration::from_secs(interval),
+                output,
+            };
+            client.watch(&options, &mut std::io::stdout().lock())?;
+        }
+        (Some(DeployCommand::Status { name, json, .. }), _) => {
             let names = match name {
                 Some(name) => vec![name],
                 None => client.deployments()?,

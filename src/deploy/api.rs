@@ -16,6 +16,7 @@ use crate::deploy::protocol::{
     AGENT_TOKEN_HEADER, CONFIG_TOKEN_HEADER, ConfigStatusRequest, ErrorBody, ErrorDetail,
     HeartbeatRequest, LookupRequest, PowerRequest, ProvisionRequest,
 };
+use crate::deploy::status_page;
 
 /// Request bodies larger than this are refused (instackenv files and plans are small).
 const MAX_BODY: u64 = 16 << 20;
@@ -78,6 +79,12 @@ fn handle(conductor: &Conductor, mut request: Request) {
         return;
     }
     let method = request.method().clone();
+    if matches!(method, Method::Get | Method::Head)
+        && matches!(path.as_str(), "/" | "/status" | "/status/")
+    {
+        serve_status_page(conductor, request);
+        return;
+    }
     if method == Method::Get
         && let Some(uuid) = metadata_path(&path)
     {
@@ -192,6 +199,39 @@ fn serve_metadata(conductor: &Conductor, request: Request, uuid: &str) {
     }
 }
 
+/// GET / and /status: the operators' HTML status page.
+fn serve_status_page(conductor: &Conductor, request: Request) {
+    let (status, body) = match status_page::gather(conductor) {
+        Ok(view) => (200, status_page::html::page(&view)),
+        Err(err) => {
+            eprintln!("kiln conductor: status page: {err}");
+            (
+                err.status(),
+                format!(
+                    "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+                     <meta http-equiv=\"refresh\" content=\"5\"><title>kiln conductor status\
+                     </title></head><body><p>The status cannot be read: {}</p></body></html>\n",
+                    status_page::html::escape(&err.to_string())
+                ),
+            )
+        }
+    };
+    let method = request.method().clone();
+    let response = Response::from_data(body.into_bytes())
+        .with_status_code(StatusCode(status))
+        .with_header(
+            Header::from_bytes(&b"Content-Type"[..], &b"text/html; charset=utf-8"[..])
+                .expect("static header is valid"),
+        )
+        .with_header(
+            Header::from_bytes(&b"Cache-Control"[..], &b"no-store"[..])
+                .expect("static header is valid"),
+        );
+    if let Err(err) = request.respond(response) {
+        eprintln!("kiln conductor: {method} /status: cannot answer: {err}");
+    }
+}
+
 fn json_header() -> Header {
     Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
         .expect("static header is valid")
@@ -234,6 +274,7 @@ fn route(
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     use Method::{Delete, Get, Post, Put};
     match (method, parts.as_slice()) {
+        (Get, ["v1", "status"]) => ok(200, &status_page::gather(conductor)?),
         (Get, ["v1", "nodes"]) => ok(200, &json!({"nodes": conductor.nodes()?})),
         (Post, ["v1", "nodes"]) => ok(201, &json!({"nodes": conductor.create_nodes(body)?})),
         (Get, ["v1", "nodes", id]) => ok(200, &conductor.node_view(id)?),

@@ -13,4 +13,5 @@ pub mod power;
 pub mod protocol;
 pub mod rules;
 pub mod state;
+pub mod status_page;
 pub mod store;

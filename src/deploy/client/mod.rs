@@ -7,6 +7,7 @@ mod model;
 pub mod progress;
 pub mod render;
 mod wait;
+pub mod watch;
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::deploy::protocol::{DeploymentStatus, ErrorBody, PowerRequest, Provisi
 
 pub use model::{NodeDetails, NodeRecord, TimelineEntry};
 pub use wait::WaitOptions;
+pub use watch::{WatchOptions, WatchOutput};
 
 /// Where operator commands find the conductor when neither --url nor the
 /// environment says otherwise (Ironic's port).

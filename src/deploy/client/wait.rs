@@ -19,7 +19,7 @@ pub struct WaitOptions<'a, T> {
     pub on_update: &'a mut dyn FnMut(&T),
 }
 
-fn is_failed(state: ProvisionState) -> bool {
+pub(super) fn is_failed(state: ProvisionState) -> bool {
     matches!(
         state,
         ProvisionState::InspectFailed

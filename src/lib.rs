@@ -17,4 +17,5 @@ pub mod fs;
 pub mod guest;
 pub mod image;
 pub mod initrd;
+pub mod iscsi;
 pub mod util;

@@ -1,0 +1,3 @@
+//! iSCSI (RFC 7143) in pure Rust.
+
+pub mod initiator;

@@ -29,7 +29,7 @@ pub(crate) fn check_range(
     size: u64,
 ) -> Result<(), InitiatorError> {
     let bs = u64::from(block_size.max(1));
-    if offset % bs != 0 || len % bs != 0 {
+    if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
         return Err(InitiatorError::Unaligned {
             what,
             offset,

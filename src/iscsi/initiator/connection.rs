@@ -61,6 +61,7 @@ pub(crate) struct Completion {
 }
 
 /// The data a command sends.
+#[derive(Clone, Copy)]
 pub(crate) enum Outgoing<'a> {
     None,
     Data(&'a [u8]),

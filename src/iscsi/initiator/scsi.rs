@@ -220,6 +220,7 @@ pub struct Sense {
 }
 
 pub const ILLEGAL_REQUEST: u8 = 0x5;
+pub const UNIT_ATTENTION: u8 = 0x6;
 
 impl Sense {
     /// From the data segment of a SCSI Response: a 2-byte length, then sense data.

@@ -344,7 +344,17 @@ fn expect_good(
     out: Outgoing,
     read_len: u32,
 ) -> Result<Vec<u8>, InitiatorError> {
-    let done: Completion = conn.command(lun, cdb, out, read_len)?;
+    // A UNIT ATTENTION (power on, capacity changed...) reports an event, not a
+    // failure of this command: the next try runs it. Commands here are idempotent.
+    let mut tries = 0;
+    let done: Completion = loop {
+        let done = conn.command(lun, cdb, out.clone(), read_len)?;
+        tries += 1;
+        match done.sense {
+            Some(sense) if done.status == 0x02 && sense.key == scsi::UNIT_ATTENTION && tries < 4 => {}
+            _ => break done,
+        }
+    };
     let command = scsi::command_name(cdb[0]);
     if done.response != 0 {
         return Err(InitiatorError::TargetFailure {

@@ -8,6 +8,7 @@ mod customize;
 mod deploy;
 mod image;
 mod initrd;
+mod iscsi;
 mod node;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Role configuration on a node: render, key, apply (os-apply-config / os-refresh-config / os-collect-config)
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// The conductor's iSCSI initiator by hand (tests, benchmarks)
+    #[command(subcommand, hide = true)]
+    Iscsi(iscsi::IscsiCommand),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Node(args) => node::run(args),
         Command::Deploy(args) => deploy::run(args),
         Command::Config(cmd) => config::run(cmd),
+        Command::Iscsi(cmd) => iscsi::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -46,6 +46,10 @@ struct Export {
 
 impl Export {
     fn start() -> Export {
+        Export::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Export {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk.img");
         std::fs::File::create(&disk)
@@ -64,6 +68,7 @@ impl Export {
                 USER,
             ])
             .env("KILN_CHAP_SECRET", SECRET)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -156,6 +161,30 @@ fn libiscsi_tools_see_the_disk() {
         out.contains(&format!("Target:{IQN} Portal:{},1", export.portal)),
         "{out}"
     );
+}
+
+#[test]
+fn mutual_chap_and_header_digests_with_libiscsi() {
+    require("iscsi-inq", "libiscsi-bin");
+    let export = Export::start_with(&[
+        ("KILN_MUTUAL_CHAP_USER", "target-side"),
+        ("KILN_MUTUAL_CHAP_SECRET", "target-secret-22"),
+    ]);
+    let url = export.url(SECRET);
+    let mutual = format!("{url}?target_user=target-side&target_password=target-secret-22");
+    let (ok, out) = run(Command::new("iscsi-inq").arg(&mutual));
+    assert!(ok, "mutual CHAP: {out}");
+    // libiscsi checks the target's answer: a wrong target secret fails.
+    let wrong = format!("{url}?target_user=target-side&target_password=not-the-secret");
+    let (ok, out) = run(Command::new("iscsi-inq").arg(&wrong));
+    assert!(
+        !ok,
+        "libiscsi accepted a target that proved a different secret: {out}"
+    );
+    let digest = format!("{url}?header_digest=crc32c");
+    let (ok, out) = run(Command::new("iscsi-readcapacity16").arg(&digest));
+    assert!(ok, "header digests: {out}");
+    assert!(out.contains(&format!("Total size:{DISK_SIZE}")), "{out}");
 }
 
 #[test]
@@ -434,6 +463,65 @@ fn write16(lba: u64, blocks: u32) -> Vec<u8> {
 }
 
 #[test]
+fn r2t_solicits_the_rest_of_a_write_one_burst_at_a_time() {
+    let export = Export::start();
+    let mut session = raw_login(&export.portal, SECRET, false).unwrap();
+    let total = 1usize << 20;
+    let payload: Vec<u8> = (0..total).map(|i| (i / 512 % 251) as u8).collect();
+    // 8 KiB immediate, F set: everything else must be solicited.
+    let itt = session.command(
+        &write16(2048, (total / 512) as u32),
+        false,
+        total as u32,
+        payload[..8192].to_vec(),
+        true,
+    );
+    let mut offset = 8192usize;
+    let mut r2t_sn = 0;
+    let response = loop {
+        let reply = session.receive();
+        match reply.header {
+            Header::ReadyToTransfer(r2t) => {
+                // MaxOutstandingR2T defaults to 1 and MaxBurstLength to 256 KiB.
+                assert_eq!(r2t.itt, itt);
+                assert_eq!(r2t.r2t_sn, r2t_sn);
+                assert_eq!(r2t.buffer_offset as usize, offset);
+                assert_eq!(r2t.desired_length as usize, (total - offset).min(262_144));
+                let end = offset + r2t.desired_length as usize;
+                // Two Data-Out PDUs per burst, DataSN counting from 0.
+                let middle = offset + (end - offset) / 2;
+                for (data_sn, (from, to)) in
+                    [(offset, middle), (middle, end)].into_iter().enumerate()
+                {
+                    let header = Header::DataOut(DataOut {
+                        final_: to == end,
+                        lun: 0,
+                        itt,
+                        ttt: r2t.ttt,
+                        exp_stat_sn: 0,
+                        data_sn: data_sn as u32,
+                        buffer_offset: from as u32,
+                    });
+                    session.send(Pdu::new(header, payload[from..to].to_vec()));
+                }
+                offset = end;
+                r2t_sn += 1;
+            }
+            Header::ScsiResponse(response) => break response,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(response.status, 0);
+    assert_eq!(offset, total);
+    assert_eq!(r2t_sn, 4);
+    let disk = std::fs::read(&export.disk).unwrap();
+    assert!(
+        disk[2048 * 512..2048 * 512 + total] == payload[..],
+        "written data differs"
+    );
+}
+
+#[test]
 fn bad_chap_secret_fails_with_authentication_failure() {
     require("iscsi-inq", "libiscsi-bin");
     let export = Export::start();
@@ -581,6 +669,41 @@ fn dropped_connection_mid_write_changes_nothing_and_others_keep_working() {
     );
     let data = std::fs::read(&export.disk).unwrap();
     assert!(data[..4096].iter().all(|&b| b == 0x11));
+}
+
+#[test]
+fn stop_ends_open_sessions_and_reports_them() {
+    use kiln::deploy::protocol::ChapSecret;
+    use kiln::iscsi::target::{RunningTarget, TargetConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("d");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let target = RunningTarget::start(TargetConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        target_iqn: IQN.to_string(),
+        chap: ChapSecret {
+            user: USER.to_string(),
+            secret: SECRET.to_string(),
+        },
+        mutual_chap: None,
+        disk,
+    })
+    .unwrap();
+    let portal = target.local_addr().to_string();
+    let mut session = raw_login(&portal, SECRET, false).unwrap();
+    assert!(session.ping());
+    // An open session must not keep stop() from returning.
+    let stats = target.stop().unwrap();
+    assert_eq!(stats.sessions, 1);
+    let mut rest = Vec::new();
+    let _ = session.stream.read_to_end(&mut rest);
+    assert!(
+        TcpStream::connect(&portal).is_err(),
+        "still listening after stop"
+    );
 }
 
 #[test]

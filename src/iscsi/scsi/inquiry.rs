@@ -103,7 +103,7 @@ fn device_identification(identity: &Identity) -> Vec<u8> {
     // NUL-terminated and padded to a multiple of 4.
     let mut name: Vec<u8> = identity.target_name.bytes().take(251).collect();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     body.extend_from_slice(&[0x53, 0xa8, 0x00, name.len() as u8]);

@@ -330,15 +330,9 @@ impl<'a, S: Read + Write> Connection<'a, S> {
         if header.data_sn != *expected_sn {
             // A lost or reordered Data-Out: with ErrorRecoveryLevel 0 the
             // command fails and nothing of it is written.
-            let write = self
-                .writes
-                .remove(&header.itt)
-                .expect("pending write looked up above");
-            return self.complete(
-                &write.command,
-                Outcome::check(Sense::DATA_PHASE_ERROR),
-                write.r2t_sn,
-            );
+            let (command, r2t_sn) = (write.command.clone(), write.r2t_sn);
+            self.writes.remove(&header.itt);
+            return self.complete(&command, Outcome::check(Sense::DATA_PHASE_ERROR), r2t_sn);
         }
         *expected_sn += 1;
         write.buffer[offset as usize..end as usize].copy_from_slice(&data);
@@ -351,15 +345,11 @@ impl<'a, S: Read + Write> Connection<'a, S> {
 
     /// Runs a write whose data is complete, or asks for more with R2Ts.
     fn progress_write(&mut self, itt: u32) -> io::Result<()> {
-        let Some(write) = self.writes.get_mut(&itt) else {
-            return Ok(());
-        };
-        let total = write.buffer.len() as u64;
-        if write.received >= total {
-            let write = self
-                .writes
-                .remove(&itt)
-                .expect("pending write looked up above");
+        let complete = self
+            .writes
+            .get(&itt)
+            .is_some_and(|write| write.received >= write.buffer.len() as u64);
+        if complete && let Some(write) = self.writes.remove(&itt) {
             let outcome = match self.lun {
                 Some(lun) => lun.execute(write.command.lun, &write.command.cdb, &write.buffer),
                 None => Outcome::check(Sense::LUN_NOT_SUPPORTED),
@@ -372,6 +362,10 @@ impl<'a, S: Read + Write> Connection<'a, S> {
             }
             return self.complete(&write.command, outcome, write.r2t_sn);
         }
+        let Some(write) = self.writes.get_mut(&itt) else {
+            return Ok(());
+        };
+        let total = write.buffer.len() as u64;
         let burst = u64::from(self.negotiated.max_burst_length);
         let max_outstanding = self.negotiated.max_outstanding_r2t;
         let mut r2ts = Vec::new();

@@ -760,6 +760,12 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
         small["instance_info"]["hostname"], "overcloud-novacompute-0",
         "{small}"
     );
+    // Compute deploys over iSCSI (the plan's deploy_interface), Controller over HTTP.
+    let (_, steps) = call("GET", &format!("{url}/v1/nodes/node-small/timeline"), None);
+    assert!(
+        steps.to_string().contains("image written over iSCSI"),
+        "{steps}"
+    );
 
     // Both boot the busybox VM from their disk under OVMF, not the ramdisk.
     for n in &NODES {

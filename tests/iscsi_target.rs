@@ -729,3 +729,92 @@ fn export_refuses_a_short_secret() {
     assert!(!ok);
     assert!(out.contains("at least 12"), "{out}");
 }
+
+/// The agent's export_disk / stop_export against a scripted conductor: the
+/// report stays `running` with the portal while libiscsi reads the disk, and
+/// turns `succeeded` once stop_export arrives.
+#[test]
+fn agent_exports_its_root_disk_until_stop_export() {
+    use kiln::agent::client::ConductorClient;
+    use kiln::agent::simulate::SimulatedNode;
+    use kiln::deploy::protocol::{CommandStatus, HeartbeatRequest};
+    use std::sync::{Arc, Mutex};
+    require("iscsi-inq", "libiscsi-bin");
+
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let api_url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("sim0.img");
+    let node = SimulatedNode {
+        mac: "52:54:00:00:00:08".into(),
+        disk: disk.clone(),
+        disk_size: 8 << 30,
+        memory_mb: 1024,
+        cpus: 1,
+    };
+    let agent = std::thread::spawn(move || {
+        kiln::agent::run::run(&ConductorClient::new(&api_url), Arc::new(node))
+    });
+
+    // What the conductor says next; the test thread moves it along.
+    let next = Arc::new(Mutex::new("export_disk"));
+    let mut portal = None;
+    let mut served = false;
+    for mut request in server.incoming_requests() {
+        let mut body = String::new();
+        request.as_reader().read_to_string(&mut body).unwrap();
+        let answer = if request.url().ends_with("/lookup") {
+            serde_json::json!({"node": "00000000-0000-4000-8000-000000000008",
+                               "token": "t", "heartbeat_interval": 1})
+        } else {
+            let beat: HeartbeatRequest = serde_json::from_str(&body).unwrap();
+            if let Some(report) = beat.command.filter(|r| r.id == "export_disk") {
+                match report.status {
+                    CommandStatus::Running if report.result["portal"].is_string() && !served => {
+                        let p = report.result["portal"].as_str().unwrap().to_string();
+                        assert_eq!(report.result["size"], 8u64 << 30);
+                        assert_eq!(report.result["target_iqn"], IQN);
+                        let url = format!("iscsi://{USER}%{SECRET}@{p}/{IQN}/0");
+                        let (ok, out) = run(Command::new("iscsi-readcapacity16").arg(&url));
+                        assert!(ok, "{out}");
+                        assert!(out.contains(&format!("Total size:{}", 8u64 << 30)), "{out}");
+                        served = true;
+                        portal = Some(p);
+                        *next.lock().unwrap() = "stop_export";
+                    }
+                    CommandStatus::Succeeded => *next.lock().unwrap() = "power_off",
+                    CommandStatus::Failed => panic!("export_disk failed: {:?}", report.error),
+                    _ => {}
+                }
+            }
+            let name = *next.lock().unwrap();
+            match name {
+                "export_disk" => serde_json::json!({"command": {
+                    "id": "export_disk", "name": "export_disk",
+                    "params": {"target_iqn": IQN, "chap": {"user": USER, "secret": SECRET},
+                               "port": 0, "hints": {}}}}),
+                other => serde_json::json!({"command": {"id": other, "name": other}}),
+            }
+        };
+        let done = answer["command"]["name"] == "power_off";
+        request
+            .respond(
+                tiny_http::Response::from_string(answer.to_string()).with_header(
+                    "Content-Type: application/json"
+                        .parse::<tiny_http::Header>()
+                        .unwrap(),
+                ),
+            )
+            .unwrap();
+        if done {
+            break;
+        }
+    }
+    agent.join().unwrap().unwrap();
+    let portal = portal.expect("the agent never reported a portal");
+    assert!(portal.starts_with("127.0.0.1:"), "{portal}");
+    assert!(
+        TcpStream::connect(&portal).is_err(),
+        "the target still listens after stop_export"
+    );
+}

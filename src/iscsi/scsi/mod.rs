@@ -496,6 +496,30 @@ mod tests {
     }
 
     #[test]
+    fn synchronize_cache_request_sense_and_mode_sense10() {
+        let (_file, lun) = lun_with(64);
+        assert_eq!(lun.execute(0, &cdb(&[0x35]), &[]).status, status::GOOD);
+        let mut sync16 = cdb(&[0x91]);
+        sync16[2..10].copy_from_slice(&64u64.to_be_bytes());
+        sync16[10..14].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(
+            lun.execute(0, &sync16, &[]).sense,
+            Some(Sense::LBA_OUT_OF_RANGE)
+        );
+        let sense = lun.execute(0, &cdb(&[0x03, 0, 0, 0, 18, 0]), &[]);
+        assert_eq!(sense.data.len(), 18);
+        assert_eq!((sense.data[0], sense.data[2]), (0x70, 0));
+        let long = lun.execute(0, &cdb(&[0x5a, 0x10, 0x08, 0, 0, 0, 0, 1, 0, 0]), &[]);
+        assert_eq!(long.status, status::GOOD);
+        assert_eq!(long.data[4] & 1, 1, "LONGLBA");
+        assert_eq!(&long.data[8..16], &64u64.to_be_bytes());
+        assert_eq!(
+            long.data[24], 0x08,
+            "caching page follows the long descriptor"
+        );
+    }
+
+    #[test]
     fn lba_status_follows_holes() {
         let (_file, lun) = lun_with(4096);
         lun.execute(0, &write16(1024, 8), &[1; 8 * 512]);

@@ -351,7 +351,8 @@ fn expect_good(
         let done = conn.command(lun, cdb, out.clone(), read_len)?;
         tries += 1;
         match done.sense {
-            Some(sense) if done.status == 0x02 && sense.key == scsi::UNIT_ATTENTION && tries < 4 => {}
+            Some(sense)
+                if done.status == 0x02 && sense.key == scsi::UNIT_ATTENTION && tries < 4 => {}
             _ => break done,
         }
     };

@@ -348,7 +348,7 @@ fn expect_good(
     // failure of this command: the next try runs it. Commands here are idempotent.
     let mut tries = 0;
     let done: Completion = loop {
-        let done = conn.command(lun, cdb, out.clone(), read_len)?;
+        let done = conn.command(lun, cdb, out, read_len)?;
         tries += 1;
         match done.sense {
             Some(sense)

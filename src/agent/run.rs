@@ -17,9 +17,11 @@ use crate::agent::inventory::{Disk, Inventory, collect_inventory};
 use crate::agent::stream::{Checksum, ImageUrl, WriteOptions, write_image};
 use crate::deploy::protocol::{
     Command, CommandKind, CommandProgress, CommandReport, CommandStatus, ConfigdriveParams,
-    HeartbeatRequest, LookupRequest, LookupResponse, WriteImageParams,
+    ExportDiskParams, ExportedDisk, HeartbeatRequest, LookupRequest, LookupResponse,
+    WriteImageParams,
 };
 use crate::format::configdrive::ConfigDriveContent;
+use crate::iscsi::target::{RunningTarget, TargetConfig};
 
 /// Back-off between lookups: doubles from the first to the last.
 const LOOKUP_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -58,6 +60,7 @@ pub fn run(client: &ConductorClient, host: Arc<dyn Host>) -> Result<(), AgentErr
     );
     let interval = Duration::from_secs(session.heartbeat_interval.max(1));
     let current = Arc::new(Current::default());
+    let export = Arc::new(ExportControl::default());
     loop {
         let (report, seen) = current.report();
         match client.heartbeat(
@@ -73,6 +76,7 @@ pub fn run(client: &ConductorClient, host: Arc<dyn Host>) -> Result<(), AgentErr
                     ..
                 }) => {
                     eprintln!("kiln agent: conductor is done with this node: power off");
+                    export.stop_and_wait();
                     host.power_off();
                     return Ok(());
                 }
@@ -81,12 +85,17 @@ pub fn run(client: &ConductorClient, host: Arc<dyn Host>) -> Result<(), AgentErr
                     ..
                 })
                 | None => {}
+                // Not a command of its own: it ends the running export_disk.
+                Some(Command {
+                    kind: CommandKind::StopExport,
+                    ..
+                }) => export.request_stop(),
                 Some(command) => {
                     let busy = report
                         .as_ref()
                         .is_some_and(|r| r.id == command.id && r.status == CommandStatus::Running);
                     if !busy {
-                        start(client, &host, &current, command);
+                        start(client, &host, &current, &export, command);
                     }
                 }
             },
@@ -165,7 +174,13 @@ impl Current {
     }
 }
 
-fn start(client: &ConductorClient, host: &Arc<dyn Host>, current: &Arc<Current>, command: Command) {
+fn start(
+    client: &ConductorClient,
+    host: &Arc<dyn Host>,
+    current: &Arc<Current>,
+    export: &Arc<ExportControl>,
+    command: Command,
+) {
     eprintln!("kiln agent: running {}", command.id);
     current.update(
         |report| {
@@ -182,8 +197,14 @@ fn start(client: &ConductorClient, host: &Arc<dyn Host>, current: &Arc<Current>,
     let client = client.clone();
     let host = Arc::clone(host);
     let current = Arc::clone(current);
+    let export = Arc::clone(export);
     std::thread::spawn(move || {
-        let outcome = execute(&client, host.as_ref(), &current, &command.kind);
+        let outcome = match &command.kind {
+            CommandKind::ExportDisk(params) => {
+                export_disk(&client, host.as_ref(), &current, &export, params)
+            }
+            kind => execute(&client, host.as_ref(), &current, kind),
+        };
         if let Err(err) = &outcome {
             eprintln!("kiln agent: {} failed: {err}", command.id);
         }
@@ -224,10 +245,8 @@ fn execute(
             let disk = host.root_disk(&params.hints)?;
             erase_metadata(&disk)
         }
-        // The iSCSI target arrives with issue 8's target module.
-        CommandKind::ExportDisk(_) | CommandKind::StopExport => {
-            Err("this agent cannot export disks over iSCSI yet".into())
-        }
+        // Both are handled before execute (start / the heartbeat loop).
+        CommandKind::ExportDisk(_) | CommandKind::StopExport => Ok(Value::Null),
         CommandKind::PowerOff | CommandKind::Idle => Ok(Value::Null),
     }
 }
@@ -261,6 +280,151 @@ fn write(
     };
     let report = write_image(&url, &checksum, &disk, &options).map_err(|e| e.to_string())?;
     serde_json::to_value(&report).map_err(|e| e.to_string())
+}
+
+/// Whether an export should end, and whether one is serving.
+#[derive(Default)]
+struct ExportControl {
+    state: Mutex<ExportState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ExportState {
+    serving: bool,
+    stop: bool,
+}
+
+impl ExportControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExportState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn request_stop(&self) {
+        self.lock().stop = true;
+        self.changed.notify_all();
+    }
+
+    /// Stops a serving export and waits until its target is shut down.
+    fn stop_and_wait(&self) {
+        let mut state = self.lock();
+        state.stop = true;
+        self.changed.notify_all();
+        while state.serving {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// export_disk: serves the root disk over iSCSI on the deploy network
+/// address, reporting `running` with an [`ExportedDisk`] until stop_export
+/// (or power_off); then stops the target and succeeds with the same result.
+fn export_disk(
+    client: &ConductorClient,
+    host: &dyn Host,
+    current: &Arc<Current>,
+    control: &ExportControl,
+    params: &ExportDiskParams,
+) -> Result<Value, String> {
+    let disk = host.root_disk(&params.hints)?;
+    let address = deploy_address(client.base())?;
+    let listen = std::net::SocketAddr::new(address, params.port.unwrap_or(3260));
+    let size = OpenOptions::new()
+        .read(true)
+        .open(&disk)
+        .and_then(|file| disk_size(&file))
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    {
+        let mut state = control.lock();
+        state.stop = false;
+        state.serving = true;
+    }
+    let started = RunningTarget::start(TargetConfig {
+        listen,
+        target_iqn: params.target_iqn.clone(),
+        chap: params.chap.clone(),
+        mutual_chap: params.mutual_chap.clone(),
+        disk: disk.clone(),
+    });
+    let target = match started {
+        Ok(target) => target,
+        Err(err) => {
+            control.lock().serving = false;
+            control.changed.notify_all();
+            return Err(err.to_string());
+        }
+    };
+    let exported = ExportedDisk {
+        portal: target.local_addr().to_string(),
+        target_iqn: params.target_iqn.clone(),
+        disk: disk.display().to_string(),
+        size,
+    };
+    let result = serde_json::to_value(&exported).map_err(|e| e.to_string())?;
+    eprintln!(
+        "kiln agent: exporting {} at {}",
+        exported.disk, exported.portal
+    );
+    current.update(
+        |report| {
+            if let Some(report) = report.as_mut() {
+                report.result = result.clone();
+            }
+        },
+        true,
+    );
+    let mut state = control.lock();
+    while !state.stop {
+        state = control
+            .changed
+            .wait(state)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+    drop(state);
+    let stopped = target.stop();
+    control.lock().serving = false;
+    control.changed.notify_all();
+    let stats = stopped.map_err(|e| e.to_string())?;
+    eprintln!(
+        "kiln agent: export stopped: {} sessions, {} bytes written",
+        stats.sessions, stats.bytes_written
+    );
+    Ok(result)
+}
+
+/// The local address this machine uses to reach the conductor: the deploy
+/// network address the target binds to (a connected UDP socket picks the
+/// route without sending anything).
+fn deploy_address(conductor_base: &str) -> Result<std::net::IpAddr, String> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let authority = conductor_base
+        .split_once("://")
+        .map_or(conductor_base, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let conductor = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("conductor address {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("conductor address {authority} resolves to nothing"))?;
+    let unspecified: std::net::SocketAddr = if conductor.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(unspecified).map_err(|e| format!("deploy address: {e}"))?;
+    socket
+        .connect(conductor)
+        .and_then(|_| socket.local_addr())
+        .map(|local| local.ip())
+        .map_err(|e| format!("no route to the conductor at {conductor}: {e}"))
 }
 
 /// Zeroes the first and last MiB of the disk: partition tables (including the
@@ -379,6 +543,13 @@ mod tests {
         let (report, now) = current.report();
         assert_eq!(report.unwrap().status, CommandStatus::Succeeded);
         assert!(!current.wait_for_change(now, Duration::ZERO));
+    }
+
+    #[test]
+    fn deploy_address_is_the_route_to_the_conductor() {
+        let local = deploy_address("http://127.0.0.1:6385").unwrap();
+        assert!(local.is_loopback());
+        assert!(deploy_address("http://[::1]:6385").unwrap().is_loopback());
     }
 
     #[test]

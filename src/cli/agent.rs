@@ -17,6 +17,24 @@ pub enum AgentCommand {
     /// Serve the images of DIR as the conductor does (for benches and manual tests)
     #[command(hide = true)]
     ServeImages(ServeImagesArgs),
+    /// Export a disk as an iSCSI target (CHAP required) until SIGTERM/SIGINT
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Block device or file to export (its size is the LUN's size)
+    #[arg(long)]
+    disk: PathBuf,
+    /// Address to listen on, ADDR:PORT (port 0 picks a free one)
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The target's name, e.g. iqn.2026-11.org.kiln:node1
+    #[arg(long)]
+    target_iqn: String,
+    /// CHAP user the initiator must log in as; the secret comes from KILN_CHAP_SECRET
+    #[arg(long)]
+    chap_user: String,
 }
 
 #[derive(Args)]
@@ -83,6 +101,7 @@ pub fn run(args: AgentArgs) -> Result<u8> {
     match args.command {
         Some(AgentCommand::WriteImage(args)) => run_write_image(args),
         Some(AgentCommand::ServeImages(args)) => run_serve_images(args),
+        Some(AgentCommand::Export(args)) => run_export(args),
         None => run_agent(args.run),
     }
 }
@@ -165,5 +184,45 @@ fn run_serve_images(args: ServeImagesArgs) -> Result<u8> {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     drop(server);
+    Ok(0)
+}
+
+/// Print the portal, then serve the disk over iSCSI until SIGINT/SIGTERM.
+fn run_export(args: ExportArgs) -> Result<u8> {
+    use crate::deploy::protocol::ChapSecret;
+    use crate::iscsi::target::{RunningTarget, TargetConfig};
+    let secret = std::env::var("KILN_CHAP_SECRET").map_err(|_| {
+        anyhow::anyhow!("kiln agent export needs the CHAP secret in KILN_CHAP_SECRET")
+    })?;
+    let mutual_chap = match (
+        std::env::var("KILN_MUTUAL_CHAP_USER"),
+        std::env::var("KILN_MUTUAL_CHAP_SECRET"),
+    ) {
+        (Ok(user), Ok(secret)) => Some(ChapSecret { user, secret }),
+        (Err(_), Err(_)) => None,
+        _ => {
+            anyhow::bail!("set both KILN_MUTUAL_CHAP_USER and KILN_MUTUAL_CHAP_SECRET, or neither")
+        }
+    };
+    let target = RunningTarget::start(TargetConfig {
+        listen: args.listen,
+        target_iqn: args.target_iqn,
+        chap: ChapSecret {
+            user: args.chap_user,
+            secret,
+        },
+        mutual_chap,
+        disk: args.disk,
+    })?;
+    println!("{}", target.local_addr());
+    std::io::Write::flush(&mut std::io::stdout())?;
+    while crate::util::interrupt::check().is_ok() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let stats = target.stop()?;
+    eprintln!(
+        "kiln agent export: {} sessions, {} failed logins, {} commands, {} bytes read, {} bytes written",
+        stats.sessions, stats.failed_logins, stats.commands, stats.bytes_read, stats.bytes_written
+    );
     Ok(0)
 }

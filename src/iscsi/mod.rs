@@ -17,4 +17,6 @@ pub mod chap;
 pub mod digest;
 pub mod initiator;
 pub mod pdu;
+pub mod scsi;
+pub mod target;
 pub mod text;

@@ -420,3 +420,76 @@ fn two_sessions_write_two_targets_at_once() {
         assert_identical(&qcow2, file);
     }
 }
+
+/// `kiln agent export` (kiln's own target), killed and reaped on drop.
+struct KilnTarget {
+    child: Child,
+    portal: SocketAddr,
+}
+
+impl KilnTarget {
+    fn start(disk: &Path, iqn: &str) -> KilnTarget {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["agent", "export", "--disk", disk.to_str().unwrap()])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--target-iqn",
+                iqn,
+                "--chap-user",
+                USER,
+            ])
+            .env("KILN_CHAP_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kiln agent export");
+        // The first line of its output is the address it listens on.
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let portal = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("kiln agent export printed {line:?}, not an address")
+        });
+        KilnTarget { child, portal }
+    }
+}
+
+impl Drop for KilnTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn write_image_onto_kilns_own_target_with_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_image(dir.path());
+    let qcow2 = qcow2_image(dir.path(), &raw);
+    let disk = dir.path().join("node.img");
+    used_disk(&disk, 40 * MIB, 21);
+    let iqn = "iqn.2026-11.org.kiln:self";
+    let target = KilnTarget::start(&disk, iqn);
+    let found = discover(
+        target.portal,
+        INITIATOR,
+        &ChapSecret {
+            user: USER.into(),
+            secret: SECRET.into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, iqn);
+    let mut opts = options(iqn);
+    opts.digests = true;
+    let session = Session::login(target.portal, &opts).unwrap();
+    write_image(&session, &qcow2, false, &|_, _| {}).unwrap();
+    session.logout().unwrap();
+    drop(target);
+    assert_identical(&qcow2, &disk);
+}

@@ -34,7 +34,7 @@ pub fn discover(
     )?;
     let answer = conn.text(&[("SendTargets".to_string(), "All".to_string())]);
     let logged_out = conn.logout();
-    let keys = text::decode(&answer?).map_err(|e| InitiatorError::Protocol {
+    let keys = text::decode_repeating(&answer?).map_err(|e| InitiatorError::Protocol {
         peer: portal,
         detail: format!("SendTargets answer: {e}"),
     })?;

@@ -35,6 +35,9 @@ pub(crate) struct LoggedIn {
     pub exp_stat_sn: u32,
 }
 
+/// A login response: its keys, whether the target transits, and to which stage.
+type Reply = (Vec<(String, String)>, bool, LoginStage);
+
 struct Exchange<'a> {
     stream: &'a mut TcpStream,
     peer: SocketAddr,
@@ -70,7 +73,7 @@ impl Exchange<'_> {
         next: LoginStage,
         transit: bool,
         keys: &[(String, String)],
-    ) -> Result<(Vec<(String, String)>, bool, LoginStage), InitiatorError> {
+    ) -> Result<Reply, InitiatorError> {
         let mut data = text::encode(keys);
         let mut received = Vec::new();
         loop {

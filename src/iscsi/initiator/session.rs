@@ -348,10 +348,11 @@ fn expect_good(
     // failure of this command: the next try runs it. Commands here are idempotent.
     let mut tries = 0;
     let done: Completion = loop {
-        let done = conn.command(lun, cdb, out.clone(), read_len)?;
+        let done = conn.command(lun, cdb, out, read_len)?;
         tries += 1;
         match done.sense {
-            Some(sense) if done.status == 0x02 && sense.key == scsi::UNIT_ATTENTION && tries < 4 => {}
+            Some(sense)
+                if done.status == 0x02 && sense.key == scsi::UNIT_ATTENTION && tries < 4 => {}
             _ => break done,
         }
     };

@@ -999,6 +999,14 @@ fn deploy_scenario(driver: Driver) {
         small["instance_info"]["hostname"], "overcloud-novacompute-0",
         "{small}"
     );
+    // With the qemu driver, Compute deploys over iSCSI (the plan's
+    // deploy_interface) and Controller over HTTP; the BMC runs use plan-direct.
+    let (_, steps) = call("GET", &format!("{url}/v1/nodes/node-small/timeline"), None);
+    assert_eq!(
+        steps.to_string().contains("image written over iSCSI"),
+        driver == Driver::Qemu,
+        "{steps}"
+    );
 
     // Both boot the busybox VM from their disk under OVMF, not the ramdisk.
     for n in &NODES {

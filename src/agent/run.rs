@@ -455,7 +455,15 @@ fn disk_size(file: &std::fs::File) -> std::io::Result<u64> {
 /// Writes the config drive partition at the end of `disk` from the conductor's
 /// parameters.
 pub fn write_configdrive(disk: &Path, params: &ConfigdriveParams) -> Result<Value, String> {
-    let content = ConfigDriveContent {
+    let content = configdrive_content(params)?;
+    let summary = write_config_drive(disk, &content).map_err(|e| e.to_string())?;
+    serde_json::to_value(&summary).map_err(|e| e.to_string())
+}
+
+/// The config drive's files from the conductor's parameters (the agent's
+/// write_configdrive and the conductor's iSCSI writer put the same on disk).
+pub fn configdrive_content(params: &ConfigdriveParams) -> Result<ConfigDriveContent, String> {
+    Ok(ConfigDriveContent {
         meta_data: serde_json::from_value(params.meta_data.clone())
             .map_err(|e| format!("config drive meta_data: {e}"))?,
         user_data: params.user_data.clone().map(String::into_bytes),
@@ -466,9 +474,7 @@ pub fn write_configdrive(disk: &Path, params: &ConfigdriveParams) -> Result<Valu
             Value::Null => Value::Object(Map::new()),
             other => other.clone(),
         },
-    };
-    let summary = write_config_drive(disk, &content).map_err(|e| e.to_string())?;
-    serde_json::to_value(&summary).map_err(|e| e.to_string())
+    })
 }
 
 /// The root disk among `disks` chosen by the conductor's hints.

@@ -8,6 +8,7 @@ mod customize;
 mod deploy;
 mod image;
 mod initrd;
+mod iscsi;
 mod node;
 mod vnode;
 
@@ -48,6 +49,9 @@ enum Command {
     /// A virtual node behind an emulated BMC (what ipmi_sim's and sushy-emulator's hooks run)
     #[command(hide = true)]
     Vnode(vnode::VnodeArgs),
+    /// The conductor's iSCSI initiator by hand (tests, benchmarks)
+    #[command(subcommand, hide = true)]
+    Iscsi(iscsi::IscsiCommand),
 }
 
 /// Entry point of the binary: parse, run, turn errors into a message and exit code.
@@ -69,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Deploy(args) => deploy::run(args),
         Command::Config(cmd) => config::run(cmd),
         Command::Vnode(args) => vnode::run(args),
+        Command::Iscsi(cmd) => iscsi::run(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -15,6 +15,7 @@
 
 pub mod chap;
 pub mod digest;
+pub mod initiator;
 pub mod pdu;
 pub mod scsi;
 pub mod target;

@@ -44,6 +44,16 @@ pub enum TextError {
 
 /// Decodes `key=value\0...` into pairs in order, refusing duplicates.
 pub fn decode(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
+    decode_entries(data, false)
+}
+
+/// Like [`decode`], but keys may repeat, as in a SendTargets answer
+/// (one TargetName/TargetAddress group per target, RFC 7143 appendix C).
+pub fn decode_repeating(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
+    decode_entries(data, true)
+}
+
+fn decode_entries(data: &[u8], repeats: bool) -> Result<Vec<(String, String)>, TextError> {
     if data.is_empty() {
         return Ok(Vec::new());
     }
@@ -70,7 +80,7 @@ pub fn decode(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
                 length: value.len(),
             });
         }
-        if pairs.iter().any(|(k, _)| k == key) {
+        if !repeats && pairs.iter().any(|(k, _)| k == key) {
             return Err(TextError::Duplicate {
                 key: key.to_string(),
             });

@@ -7,6 +7,7 @@
 //! the store serializes the flows; power calls are short (manual, qemu QMP).
 
 mod config;
+mod iscsi;
 mod power;
 
 use std::collections::BTreeMap;
@@ -142,10 +143,12 @@ impl From<StoreError> for ConductorError {
 pub type Result<T, E = ConductorError> = std::result::Result<T, E>;
 
 pub struct Conductor {
-    store: Mutex<Store>,
+    // Shared with the iSCSI deploy threads, which record their progress.
+    store: Arc<Mutex<Store>>,
     config: Config,
     images: ImageStore,
     drivers: power::Drivers,
+    iscsi: iscsi::Exports,
 }
 
 impl Conductor {
@@ -163,10 +166,11 @@ impl Conductor {
             .join("image-checksums");
         let images = ImageStore::new(&config.images, &cache)?;
         Ok(Conductor {
-            store: Mutex::new(store),
+            store: Arc::new(Mutex::new(store)),
             drivers: power::Drivers::new(config.qemu.clone()),
             config,
             images,
+            iscsi: iscsi::Exports::default(),
         })
     }
 
@@ -582,10 +586,10 @@ impl Conductor {
             }
             ProvisionState::WaitCallBack => {
                 store.transition(&id, Event::Resume, Some("agent looked up"))?;
-                store.set_deploy_step(&id, Some(STEP_WRITE_IMAGE))?;
+                store.set_deploy_step(&id, Some(iscsi::first_deploy_step(&node)))?;
             }
             ProvisionState::Deploying if node.progress.deploy_step.is_none() => {
-                store.set_deploy_step(&id, Some(STEP_WRITE_IMAGE))?;
+                store.set_deploy_step(&id, Some(iscsi::first_deploy_step(&node)))?;
             }
             _ => {}
         }
@@ -683,6 +687,9 @@ impl Conductor {
         step: &str,
         report: Option<&CommandReport>,
     ) -> Result<Option<Command>> {
+        if iscsi::is_iscsi_step(step) {
+            return self.advance_iscsi(store, node, step, report);
+        }
         let id = node.uuid.to_string();
         let Some(report) = report.filter(|report| report.id == step) else {
             return self.step_command(store, node, step).map(Some);
@@ -708,22 +715,7 @@ impl Conductor {
                     let node = store.node(&id)?;
                     self.step_command(store, &node, STEP_CONFIGDRIVE).map(Some)
                 }
-                STEP_CONFIGDRIVE => {
-                    store.set_deploy_step(&id, None)?;
-                    let driver = self.drivers.get(node)?;
-                    let booted = driver
-                        .set_boot_device(BootDevice::Disk, true)
-                        .and_then(|()| driver.reboot());
-                    match booted {
-                        Ok(()) => {
-                            store.transition(&id, Event::Done, Some("image written"))?;
-                        }
-                        Err(err) => {
-                            store.transition(&id, Event::Fail, Some(&err.to_string()))?;
-                        }
-                    }
-                    Ok(Some(command(CommandKind::PowerOff, "power_off")))
-                }
+                STEP_CONFIGDRIVE => self.boot_from_disk(store, node, "image written"),
                 _ => {
                     store.set_deploy_step(&id, None)?;
                     store.transition(&id, Event::Done, Some("metadata erased"))?;
@@ -734,9 +726,42 @@ impl Conductor {
         }
     }
 
+    /// The image and config drive are on the disk: the node boots from it from
+    /// now on, and the deploy is done (`message` goes into the timeline).
+    fn boot_from_disk(&self, store: &Store, node: &Node, message: &str) -> Result<Option<Command>> {
+        let id = node.uuid.to_string();
+        store.set_deploy_step(&id, None)?;
+        let driver = self.drivers.get(node)?;
+        let booted = driver
+            .set_boot_device(BootDevice::Disk, true)
+            .and_then(|()| driver.reboot());
+        match booted {
+            Ok(()) => {
+                store.transition(&id, Event::Done, Some(message))?;
+            }
+            Err(err) => {
+                store.transition(&id, Event::Fail, Some(&err.to_string()))?;
+            }
+        }
+        Ok(Some(command(CommandKind::PowerOff, "power_off")))
+    }
+
+    /// The config drive a deployed node gets, whichever way its image is written.
+    fn configdrive_of(
+        &self,
+        store: &Store,
+        node: &Node,
+        hints: serde_json::Map<String, Value>,
+    ) -> Result<ConfigdriveParams> {
+        let mut params = configdrive_params(node, hints);
+        if let Some(kiln_config) = self.drive_kiln_config(store, node)? {
+            params.kiln_config = kiln_config;
+        }
+        Ok(params)
+    }
+
     fn step_command(&self, store: &Store, node: &Node, step: &str) -> Result<Command> {
-        let hints: serde_json::Map<String, Value> =
-            node.instance_info.root_device.clone().into_iter().collect();
+        let hints = root_device_hints(node);
         match step {
             STEP_WRITE_IMAGE => {
                 let (file, checksum) = self.image_of(store, node)?;
@@ -750,13 +775,10 @@ impl Conductor {
                     step,
                 ))
             }
-            STEP_CONFIGDRIVE => {
-                let mut params = configdrive_params(node, hints);
-                if let Some(kiln_config) = self.drive_kiln_config(store, node)? {
-                    params.kiln_config = kiln_config;
-                }
-                Ok(command(CommandKind::WriteConfigdrive(params), step))
-            }
+            STEP_CONFIGDRIVE => Ok(command(
+                CommandKind::WriteConfigdrive(self.configdrive_of(store, node, hints)?),
+                step,
+            )),
             _ => Ok(command(
                 CommandKind::EraseMetadata(EraseParams { hints }),
                 step,
@@ -838,6 +860,11 @@ impl Conductor {
             }
         });
     }
+}
+
+/// The plan's root device hints for the node, as every disk command carries them.
+fn root_device_hints(node: &Node) -> serde_json::Map<String, Value> {
+    node.instance_info.root_device.clone().into_iter().collect()
 }
 
 fn command(kind: CommandKind, id: &str) -> Command {

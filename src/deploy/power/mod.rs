@@ -102,6 +102,13 @@ pub trait PowerDriver: Send + Sync {
     /// Boot from `device` at the next power on; from then on too when
     /// `persistent`, else only once.
     fn set_boot_device(&self, device: BootDevice, persistent: bool) -> Result<()>;
+    /// Where the conductor connects to reach an iSCSI portal (`ADDRESS:PORT`)
+    /// that the node's agent reported as the node sees it. On a routed deploy
+    /// network that is the same address; a driver that puts its nodes behind
+    /// a translation (qemu's user network) maps it to its forward.
+    fn conductor_portal(&self, reported: &str) -> Result<String> {
+        Ok(reported.to_string())
+    }
 }
 
 #[cfg(test)]

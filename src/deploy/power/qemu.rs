@@ -11,10 +11,14 @@
 //! The node's network is qemu's user network with `restrict=on`: DHCP from
 //! qemu, nothing outside reachable except http://10.0.2.100, which qemu relays
 //! to the conductor's port on 127.0.0.1 (`guestfwd`, one relay process per
-//! connection).
+//! connection). While the node runs the deploy ramdisk, a free port on
+//! 127.0.0.1 is forwarded to the guest's iSCSI port 3260 (`hostfwd`), so the
+//! conductor's initiator reaches a disk the agent exports; the port is kept in
+//! `NAME.iscsi-port` next to the pid file, for a restarted conductor.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +33,11 @@ use super::{BootDevice, PowerDriver, PowerError, PowerState, Result};
 const DRIVER: &str = "qemu";
 /// The address the node reaches the conductor at.
 pub const CONDUCTOR_GUEST_ADDR: &str = "10.0.2.100";
+/// The port an agent's iSCSI target listens on inside the node (RFC 7143's).
+pub const ISCSI_GUEST_PORT: u16 = 3260;
+/// Starts tried when the free port picked for the iSCSI forward is taken by
+/// someone else before qemu binds it.
+const FORWARD_ATTEMPTS: u32 = 3;
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -235,6 +244,18 @@ impl QemuDriver {
         self.file("qmp")
     }
 
+    /// Where the host port forwarded to the guest's iSCSI port is recorded.
+    pub fn iscsi_port_file(&self) -> PathBuf {
+        self.file("iscsi-port")
+    }
+
+    /// The 127.0.0.1 port forwarded to the guest's port 3260, while the node
+    /// runs the deploy ramdisk.
+    pub fn iscsi_forward_port(&self) -> Option<u16> {
+        let text = fs::read_to_string(self.iscsi_port_file()).ok()?;
+        text.trim().parse().ok().filter(|&port: &u16| port != 0)
+    }
+
     /// The device the next power on boots from.
     pub fn next_boot_device(&self) -> Result<BootDevice> {
         let record = self.boot_record()?;
@@ -323,6 +344,14 @@ impl QemuDriver {
     fn remove_stale_files(&self) {
         let _ = fs::remove_file(self.pid_file());
         let _ = fs::remove_file(self.qmp_path());
+        let _ = fs::remove_file(self.iscsi_port_file());
+    }
+
+    fn write_iscsi_port(&self, port: u16) -> Result<()> {
+        let path = self.iscsi_port_file();
+        let tmp = self.file("iscsi-port.tmp");
+        fs::write(&tmp, port.to_string()).map_err(self.io(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(self.io(format!("renaming to {}", path.display())))
     }
 
     fn ovmf_vars(&self) -> Result<PathBuf> {
@@ -339,8 +368,13 @@ impl QemuDriver {
         Ok(vars)
     }
 
-    fn qemu_command(&self, boot: BootDevice) -> Result<Command> {
+    /// The qemu command line; `iscsi_forward` is the host port forwarded to
+    /// the guest's iSCSI port (deploy ramdisk boots only).
+    fn qemu_command(&self, boot: BootDevice, iscsi_forward: Option<u16>) -> Result<Command> {
         let n = &self.node;
+        let hostfwd = iscsi_forward
+            .map(|port| format!(",hostfwd=tcp:127.0.0.1:{port}-:{ISCSI_GUEST_PORT}"))
+            .unwrap_or_default();
         let mut cmd = Command::new(&n.qemu_binary);
         cmd.arg("-name")
             .arg(format!("kiln-node-{}", n.name))
@@ -359,7 +393,7 @@ impl QemuDriver {
             .arg("virtio-blk-pci,drive=disk0,bootindex=1")
             .arg("-netdev")
             .arg(format!(
-                "user,id=net0,restrict=on,guestfwd=tcp:{CONDUCTOR_GUEST_ADDR}:80-cmd:{} 127.0.0.1 {}",
+                "user,id=net0,restrict=on{hostfwd},guestfwd=tcp:{CONDUCTOR_GUEST_ADDR}:80-cmd:{} 127.0.0.1 {}",
                 self.relay, n.conductor_port
             ))
             // No option ROM: "network boot" is qemu loading the deploy
@@ -417,19 +451,39 @@ impl QemuDriver {
         self.remove_stale_files();
         let record = self.boot_record()?;
         let boot = record.once.unwrap_or(record.persistent);
-        let mut cmd = self.qemu_command(boot)?;
-        // With -daemonize the first process waits until the VM is set up and
-        // reports any start-up failure (bad disk, kernel, option) on stderr.
-        let out = cmd.output().map_err(self.io(format!(
-            "running {} (apt-get install qemu-system-x86)",
-            self.node.qemu_binary.display()
-        )))?;
-        if !out.status.success() {
+        let mut attempt = 1;
+        loop {
+            let forward = match boot {
+                BootDevice::Network => {
+                    let port = free_local_port().map_err(
+                        self.io("finding a free 127.0.0.1 port for the iSCSI forward".to_string()),
+                    )?;
+                    self.write_iscsi_port(port)?;
+                    Some(port)
+                }
+                BootDevice::Disk => None,
+            };
+            let mut cmd = self.qemu_command(boot, forward)?;
+            // With -daemonize the first process waits until the VM is set up and
+            // reports any start-up failure (bad disk, kernel, option) on stderr.
+            let out = cmd.output().map_err(self.io(format!(
+                "running {} (apt-get install qemu-system-x86)",
+                self.node.qemu_binary.display()
+            )))?;
+            if out.status.success() {
+                break;
+            }
             self.remove_stale_files();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // The port was free when picked; another process may have bound it since.
+            if forward.is_some() && stderr.contains("hostfwd") && attempt < FORWARD_ATTEMPTS {
+                attempt += 1;
+                continue;
+            }
             return Err(self.fail(format!(
                 "qemu failed to start ({}): {}",
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                stderr.trim()
             )));
         }
         let Some(pid) = self.pid_from_file() else {
@@ -583,6 +637,29 @@ impl PowerDriver for QemuDriver {
         self.start()
     }
 
+    fn conductor_portal(&self, reported: &str) -> Result<String> {
+        let port = reported
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .ok_or_else(|| {
+                self.fail(format!("iSCSI portal {reported:?}: expected ADDRESS:PORT"))
+            })?;
+        if port != ISCSI_GUEST_PORT {
+            return Err(self.fail(format!(
+                "iSCSI portal {reported}: the node's user network forwards only guest port \
+                 {ISCSI_GUEST_PORT}"
+            )));
+        }
+        let forward = self.iscsi_forward_port().ok_or_else(|| {
+            self.fail(format!(
+                "iSCSI portal {reported}: no port forward recorded in {} (the node was not \
+                 booted into the deploy ramdisk by this driver)",
+                self.iscsi_port_file().display()
+            ))
+        })?;
+        Ok(format!("127.0.0.1:{forward}"))
+    }
+
     fn set_boot_device(&self, device: BootDevice, persistent: bool) -> Result<()> {
         let _g = self.guard();
         let current = self.boot_record()?;
@@ -607,6 +684,11 @@ fn valid_mac(mac: &str) -> bool {
         && parts
             .iter()
             .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A port on 127.0.0.1 nobody listens on now (the kernel's choice).
+fn free_local_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn default_relay() -> Option<String> {
@@ -675,6 +757,61 @@ mod tests {
         assert_eq!(d.power_state().unwrap(), PowerState::Off);
         d.power_off().unwrap();
         assert!(!d.pid_file().exists());
+    }
+
+    #[test]
+    fn deploy_boots_forward_a_host_port_to_the_guest_iscsi_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = QemuDriver::new(node(dir.path())).unwrap();
+        let args = |cmd: &Command| -> Vec<String> {
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let deploy = args(&d.qemu_command(BootDevice::Network, Some(40123)).unwrap());
+        let netdev = deploy.iter().find(|a| a.starts_with("user,")).unwrap();
+        assert!(
+            netdev.contains("restrict=on,hostfwd=tcp:127.0.0.1:40123-:3260,"),
+            "{netdev}"
+        );
+        let disk = args(&d.qemu_command(BootDevice::Disk, None).unwrap());
+        let netdev = disk.iter().find(|a| a.starts_with("user,")).unwrap();
+        assert!(!netdev.contains("hostfwd"), "{netdev}");
+    }
+
+    #[test]
+    fn reported_portals_map_to_the_recorded_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = QemuDriver::new(node(dir.path())).unwrap();
+        // Not booted by this driver: no forward to map to.
+        let err = d
+            .conductor_portal("10.0.2.15:3260")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node-1") && err.contains("iscsi-port"),
+            "{err}"
+        );
+        d.write_iscsi_port(40123).unwrap();
+        // A new driver over the same state directory (a restarted conductor).
+        let again = QemuDriver::new(node(dir.path())).unwrap();
+        assert_eq!(
+            again.conductor_portal("10.0.2.15:3260").unwrap(),
+            "127.0.0.1:40123"
+        );
+        let err = again
+            .conductor_portal("10.0.2.15:3261")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10.0.2.15:3261") && err.contains("3260"),
+            "{err}"
+        );
+        let err = again.conductor_portal("nonsense").unwrap_err().to_string();
+        assert!(err.contains("ADDRESS:PORT"), "{err}");
+        // Powering off forgets the forward with the pid file.
+        again.power_off().unwrap();
+        assert_eq!(again.iscsi_forward_port(), None);
     }
 
     #[test]

@@ -3,5 +3,6 @@
 pub mod atomic_file;
 pub mod bigbuf;
 pub mod civil;
+pub mod disk_file;
 pub mod interrupt;
 pub mod progress;

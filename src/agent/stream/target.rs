@@ -12,16 +12,12 @@ use std::sync::Mutex;
 
 use super::StreamError;
 use crate::format::source::is_zero;
+use crate::util::disk_file::{Zeroing, block_device_size, zero_range};
 
 /// Bytes at the start of the disk that are written last.
 pub const HOLDBACK: u64 = 1 << 20;
 /// Sparse writes skip all-zero blocks of this size on fresh files.
 const SPARSE_BLOCK: usize = 4096;
-const ZERO_WRITE: usize = 1 << 20;
-/// _IO(0x12, 127): zero a byte range of a block device.
-const BLKZEROOUT: libc::c_ulong = 0x127f;
-/// _IOR(0x12, 114, u64): size of a block device in bytes.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 pub struct Target {
     file: File,
@@ -59,16 +55,8 @@ impl Target {
         let meta = file.metadata().map_err(|e| err(e.to_string()))?;
         let block_device = meta.file_type().is_block_device();
         let disk_size = if block_device {
-            let mut size = 0u64;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
-            if rc != 0 {
-                return Err(err(format!(
-                    "cannot read the device size: {}",
-                    io::Error::last_os_error()
-                )));
-            }
-            size
+            block_device_size(&file)
+                .map_err(|e| err(format!("cannot read the device size: {e}")))?
         } else if meta.is_file() {
             meta.len()
         } else {
@@ -162,38 +150,13 @@ impl Target {
     }
 
     fn zero_now(&self, offset: u64, len: u64) -> io::Result<()> {
-        let fd = self.file.as_raw_fd();
-        if self.block_device {
-            let range = [offset, len];
-            // SAFETY: BLKZEROOUT reads two u64 (start, length) from the pointer.
-            if unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) } == 0 {
-                return Ok(());
-            }
-        } else {
-            // Zeroing a range, else punching a hole (which also reads back as zeros).
-            for mode in [libc::FALLOC_FL_ZERO_RANGE, libc::FALLOC_FL_PUNCH_HOLE] {
-                // SAFETY: plain syscall on an fd we own.
-                let rc = unsafe {
-                    libc::fallocate(
-                        fd,
-                        mode | libc::FALLOC_FL_KEEP_SIZE,
-                        offset as libc::off_t,
-                        len as libc::off_t,
-                    )
-                };
-                if rc == 0 {
-                    return Ok(());
-                }
-            }
-        }
-        let zeros = vec![0u8; ZERO_WRITE.min(len as usize)];
-        let mut at = offset;
-        while at < offset + len {
-            let n = zeros.len().min((offset + len - at) as usize);
-            self.file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        Ok(())
+        zero_range(
+            &self.file,
+            self.block_device,
+            offset,
+            len,
+            Zeroing::KeepAllocated,
+        )
     }
 
     fn zero_first_mib(&self) -> Result<(), StreamError> {

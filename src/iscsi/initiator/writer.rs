@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::InitiatorError;
+use crate::util::disk_file::write_zeros;
 
 /// A block device reachable by positional writes. Calls take `&self` and may
 /// come from several threads at once: that is how writes are kept in flight.
@@ -56,7 +57,6 @@ pub struct FileDisk {
 }
 
 const FILE_BLOCK: u32 = 512;
-const ZERO_CHUNK: usize = 1 << 20;
 
 impl FileDisk {
     /// Open an existing file read-write; its current length is the disk size.
@@ -107,16 +107,7 @@ impl BlockWriter for FileDisk {
     fn zero(&self, offset: u64, len: u64) -> Result<(), InitiatorError> {
         check_range("zeroing", offset, len, FILE_BLOCK, self.size)?;
         // Written zeros, not a punched hole: the point is to behave like a disk.
-        let zeros = vec![0u8; ZERO_CHUNK.min(len as usize)];
-        let mut pos = offset;
-        while pos < offset + len {
-            let n = (offset + len - pos).min(zeros.len() as u64) as usize;
-            self.file
-                .write_all_at(&zeros[..n], pos)
-                .map_err(self.io_err("zeroing"))?;
-            pos += n as u64;
-        }
-        Ok(())
+        write_zeros(&self.file, offset, len).map_err(self.io_err("zeroing"))
     }
 
     fn flush(&self) -> Result<(), InitiatorError> {

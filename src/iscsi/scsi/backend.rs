@@ -10,13 +10,10 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::util::disk_file::{Zeroing, block_device_size, zero_range};
+
 /// Logical block size reported to initiators.
 pub const BLOCK_SIZE: u64 = 512;
-/// _IOR(0x12, 114, u64): size of a block device in bytes.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-/// _IO(0x12, 127): make a byte range of a block device read as zeros.
-const BLKZEROOUT: libc::c_ulong = 0x127f;
-const ZERO_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum BackendError {
@@ -54,12 +51,7 @@ impl BlockBackend {
         let meta = file.metadata().map_err(size_err)?;
         let block_device = meta.file_type().is_block_device();
         let size = if block_device {
-            let mut size = 0u64;
-            // SAFETY: BLKGETSIZE64 stores one u64 through the pointer.
-            if unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) } != 0 {
-                return Err(size_err(io::Error::last_os_error()));
-            }
-            size
+            block_device_size(&file).map_err(size_err)?
         } else if meta.is_file() {
             meta.len()
         } else {
@@ -163,38 +155,13 @@ impl BlockBackend {
         if len == 0 {
             return Ok(());
         }
-        let fd = self.file.as_raw_fd();
-        if self.block_device {
-            let range = [offset, len];
-            // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer.
-            if unsafe { libc::ioctl(fd, BLKZEROOUT, range.as_ptr()) } == 0 {
-                return Ok(());
-            }
-        } else {
-            // A hole frees the space; ZERO_RANGE is the next best thing.
-            for mode in [libc::FALLOC_FL_PUNCH_HOLE, libc::FALLOC_FL_ZERO_RANGE] {
-                // SAFETY: a plain syscall on a descriptor we own; KEEP_SIZE
-                // means the file never grows.
-                let rc = unsafe {
-                    libc::fallocate(
-                        fd,
-                        mode | libc::FALLOC_FL_KEEP_SIZE,
-                        offset as libc::off_t,
-                        len as libc::off_t,
-                    )
-                };
-                if rc == 0 {
-                    return Ok(());
-                }
-            }
-        }
-        let zeros = vec![0u8; ZERO_CHUNK.min(len as usize)];
-        let mut at = offset;
-        while at < offset + len {
-            let n = zeros.len().min((offset + len - at) as usize);
-            self.file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        Ok(())
+        // A hole frees the space, as UNMAP means; zeros where that fails.
+        zero_range(
+            &self.file,
+            self.block_device,
+            offset,
+            len,
+            Zeroing::FreeSpace,
+        )
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod configdrive;
+pub mod export;
 pub mod hints;
 pub mod inventory;
 pub mod run;

@@ -12,16 +12,15 @@ use serde_json::{Map, Value};
 
 use super::client::{ClientError, ConductorClient};
 use crate::agent::configdrive::write_config_drive;
+use crate::agent::export::{ExportControl, export_disk};
 use crate::agent::hints::{RootDeviceHints, select_root_device};
 use crate::agent::inventory::{Disk, Inventory, collect_inventory};
 use crate::agent::stream::{Checksum, ImageUrl, WriteOptions, write_image};
 use crate::deploy::protocol::{
     Command, CommandKind, CommandProgress, CommandReport, CommandStatus, ConfigdriveParams,
-    ExportDiskParams, ExportedDisk, HeartbeatRequest, LookupRequest, LookupResponse,
-    WriteImageParams,
+    HeartbeatRequest, LookupRequest, LookupResponse, WriteImageParams,
 };
 use crate::format::configdrive::ConfigDriveContent;
-use crate::iscsi::target::{RunningTarget, TargetConfig};
 
 /// Back-off between lookups: doubles from the first to the last.
 const LOOKUP_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -201,7 +200,18 @@ fn start(
     std::thread::spawn(move || {
         let outcome = match &command.kind {
             CommandKind::ExportDisk(params) => {
-                export_disk(&client, host.as_ref(), &current, &export, params)
+                let publish = |result: &Value| {
+                    current.update(
+                        |report| {
+                            if let Some(report) = report.as_mut() {
+                                report.result = result.clone();
+                            }
+                        },
+                        true,
+                    )
+                };
+                let disk = host.root_disk(&params.hints);
+                disk.and_then(|disk| export_disk(client.base(), &disk, &export, params, &publish))
             }
             kind => execute(&client, host.as_ref(), &current, kind),
         };
@@ -280,151 +290,6 @@ fn write(
     };
     let report = write_image(&url, &checksum, &disk, &options).map_err(|e| e.to_string())?;
     serde_json::to_value(&report).map_err(|e| e.to_string())
-}
-
-/// Whether an export should end, and whether one is serving.
-#[derive(Default)]
-struct ExportControl {
-    state: Mutex<ExportState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct ExportState {
-    serving: bool,
-    stop: bool,
-}
-
-impl ExportControl {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ExportState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn request_stop(&self) {
-        self.lock().stop = true;
-        self.changed.notify_all();
-    }
-
-    /// Stops a serving export and waits until its target is shut down.
-    fn stop_and_wait(&self) {
-        let mut state = self.lock();
-        state.stop = true;
-        self.changed.notify_all();
-        while state.serving {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// export_disk: serves the root disk over iSCSI on the deploy network
-/// address, reporting `running` with an [`ExportedDisk`] until stop_export
-/// (or power_off); then stops the target and succeeds with the same result.
-fn export_disk(
-    client: &ConductorClient,
-    host: &dyn Host,
-    current: &Arc<Current>,
-    control: &ExportControl,
-    params: &ExportDiskParams,
-) -> Result<Value, String> {
-    let disk = host.root_disk(&params.hints)?;
-    let address = deploy_address(client.base())?;
-    let listen = std::net::SocketAddr::new(address, params.port.unwrap_or(3260));
-    let size = OpenOptions::new()
-        .read(true)
-        .open(&disk)
-        .and_then(|file| disk_size(&file))
-        .map_err(|e| format!("{}: {e}", disk.display()))?;
-    {
-        let mut state = control.lock();
-        state.stop = false;
-        state.serving = true;
-    }
-    let started = RunningTarget::start(TargetConfig {
-        listen,
-        target_iqn: params.target_iqn.clone(),
-        chap: params.chap.clone(),
-        mutual_chap: params.mutual_chap.clone(),
-        disk: disk.clone(),
-    });
-    let target = match started {
-        Ok(target) => target,
-        Err(err) => {
-            control.lock().serving = false;
-            control.changed.notify_all();
-            return Err(err.to_string());
-        }
-    };
-    let exported = ExportedDisk {
-        portal: target.local_addr().to_string(),
-        target_iqn: params.target_iqn.clone(),
-        disk: disk.display().to_string(),
-        size,
-    };
-    let result = serde_json::to_value(&exported).map_err(|e| e.to_string())?;
-    eprintln!(
-        "kiln agent: exporting {} at {}",
-        exported.disk, exported.portal
-    );
-    current.update(
-        |report| {
-            if let Some(report) = report.as_mut() {
-                report.result = result.clone();
-            }
-        },
-        true,
-    );
-    let mut state = control.lock();
-    while !state.stop {
-        state = control
-            .changed
-            .wait(state)
-            .unwrap_or_else(|e| e.into_inner());
-    }
-    drop(state);
-    let stopped = target.stop();
-    control.lock().serving = false;
-    control.changed.notify_all();
-    let stats = stopped.map_err(|e| e.to_string())?;
-    eprintln!(
-        "kiln agent: export stopped: {} sessions, {} bytes written",
-        stats.sessions, stats.bytes_written
-    );
-    Ok(result)
-}
-
-/// The local address this machine uses to reach the conductor: the deploy
-/// network address the target binds to (a connected UDP socket picks the
-/// route without sending anything).
-fn deploy_address(conductor_base: &str) -> Result<std::net::IpAddr, String> {
-    use std::net::{ToSocketAddrs, UdpSocket};
-    let authority = conductor_base
-        .split_once("://")
-        .map_or(conductor_base, |(_, rest)| rest);
-    let authority = authority.split('/').next().unwrap_or(authority);
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let conductor = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("conductor address {authority}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("conductor address {authority} resolves to nothing"))?;
-    let unspecified: std::net::SocketAddr = if conductor.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(unspecified).map_err(|e| format!("deploy address: {e}"))?;
-    socket
-        .connect(conductor)
-        .and_then(|_| socket.local_addr())
-        .map(|local| local.ip())
-        .map_err(|e| format!("no route to the conductor at {conductor}: {e}"))
 }
 
 /// Zeroes the first and last MiB of the disk: partition tables (including the
@@ -549,13 +414,6 @@ mod tests {
         let (report, now) = current.report();
         assert_eq!(report.unwrap().status, CommandStatus::Succeeded);
         assert!(!current.wait_for_change(now, Duration::ZERO));
-    }
-
-    #[test]
-    fn deploy_address_is_the_route_to_the_conductor() {
-        let local = deploy_address("http://127.0.0.1:6385").unwrap();
-        assert!(local.is_loopback());
-        assert!(deploy_address("http://[::1]:6385").unwrap().is_loopback());
     }
 
     #[test]

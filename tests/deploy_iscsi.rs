@@ -655,3 +655,46 @@ fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
     }
     assert_deployed(&image, &file);
 }
+
+#[test]
+fn a_deploy_failed_during_the_iscsi_write_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = hand_deploy(dir.path(), "gone", "52:54:00:00:88:01", 96);
+    let tgtd = Tgtd::start();
+    let file = target_disk(dir.path(), "gone");
+    let iqn = deploy.params["target_iqn"].as_str().unwrap().to_string();
+    tgtd.export(
+        &iqn,
+        &file,
+        &deploy.params["chap"],
+        &deploy.params["mutual_chap"],
+    );
+    // Paced: the whole image would take about 6 s to go through.
+    let relay = Relay::start(tgtd.portal, 16 * MIB, None);
+    let report = exporting(&relay.addr.to_string(), &iqn, &file, 5 << 30);
+    let started = Instant::now();
+    while relay.relayed.load(Ordering::SeqCst) < 8 * MIB {
+        assert!(started.elapsed() < WAIT, "the write never started");
+        deploy.agent.heartbeat(report.clone());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The agent loses its disk: its export fails and so does the deploy.
+    let failed = json!({"id": "export_disk", "status": "failed", "error": "disk vanished"});
+    let node = heartbeat_until(&deploy, "gone", &failed, "deploy failed");
+    assert!(
+        node["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("disk vanished"),
+        "{node}"
+    );
+    // Longer than the rest of the image needs at the relay's pace: a writer
+    // that ignored the failure would have pushed it all through by then.
+    std::thread::sleep(Duration::from_secs(10));
+    let relayed = relay.relayed.load(Ordering::SeqCst);
+    assert!(
+        relayed < 64 * MIB,
+        "{relayed} bytes reached the target after the deploy failed"
+    );
+    assert!(head_is_zero(&file), "a failed write left a partition table");
+}

@@ -413,7 +413,13 @@ impl WriteJob {
             let step = (total / PROGRESS_STEPS).max(1);
             if done == total || done >= recorded.load(Ordering::Relaxed) + step {
                 recorded.store(done, Ordering::Relaxed);
-                if let Err(err) = self.store().set_progress(&id, done, Some(total)) {
+                let store = self.store();
+                if !self.is_current(&store) {
+                    // Aborted or timed out meanwhile: stop writing to the node.
+                    session.abort();
+                    return;
+                }
+                if let Err(err) = store.set_progress(&id, done, Some(total)) {
                     eprintln!("kiln conductor: node {}: progress: {err}", self.node);
                 }
             }
@@ -466,6 +472,16 @@ impl WriteJob {
         ))
     }
 
+    /// Whether the node is still in the deploy this job writes for (not
+    /// aborted, timed out or failed by the agent's report meanwhile).
+    fn is_current(&self, store: &Store) -> bool {
+        store.node(&self.uuid.to_string()).is_ok_and(|node| {
+            node.provision_state == ProvisionState::Deploying
+                && node.state_entered_at == self.entered_at
+                && node.progress.deploy_step.as_deref() == Some(STEP_EXPORT)
+        })
+    }
+
     /// "PORTAL" or "PORTAL (reported as ...)" when the driver mapped it.
     fn portal_text(&self) -> String {
         if self.portal.to_string() == self.reported_portal {
@@ -481,12 +497,7 @@ impl WriteJob {
         let store = self.store();
         let mut exports = self.exports.lock();
         let id = self.uuid.to_string();
-        let current = store.node(&id).ok().filter(|node| {
-            node.provision_state == ProvisionState::Deploying
-                && node.state_entered_at == self.entered_at
-                && node.progress.deploy_step.as_deref() == Some(STEP_EXPORT)
-        });
-        if current.is_none() || !matches!(exports.get(&self.uuid), Some(Export::Writing)) {
+        if !self.is_current(&store) || !matches!(exports.get(&self.uuid), Some(Export::Writing)) {
             eprintln!(
                 "kiln conductor: node {}: iSCSI write ended after the deploy moved on",
                 self.node

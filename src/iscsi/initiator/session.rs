@@ -277,6 +277,12 @@ impl Session {
         self.conn.logout()
     }
 
+    /// Drops the connection at once: commands in flight and later ones fail
+    /// (an aborted deploy stops writing instead of running to the end).
+    pub fn abort(&self) {
+        self.conn.shutdown();
+    }
+
     /// The target's name, as logged in to.
     pub fn target(&self) -> &str {
         &self.conn.target

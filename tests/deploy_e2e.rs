@@ -16,14 +16,15 @@
 //! power-off each disk holds the newly rendered file and a refresh log that
 //! shows the first-boot value, then the updated one.
 //!
-//! Power (issue 9): the scenario runs once per power driver. `qemu`: the
-//! conductor starts the VMs itself. `ipmi`: one OpenIPMI ipmi_sim per node,
-//! `redfish`: one sushy-emulator over TLS (CA verified) with a system per
-//! node; both front `kiln vnode`, which runs the same VM the qemu driver would
-//! (tests/common/bmc.rs). The BMC runs deploy with `direct` for every role
-//! (fixtures/deploy/e2e/plan-direct.yaml: a VM behind a BMC has no iSCSI
-//! portal the conductor maps) and leave out the config update phase to save
-//! CI time; the scenarios run one at a time (TCG VMs share 2 cores).
+//! Power (issue 9): the scenario runs with every power driver. The qemu run:
+//! the conductor starts both VMs itself. The BMC run: node-big is behind an
+//! OpenIPMI ipmi_sim (`ipmi` driver), node-small behind a sushy-emulator over
+//! TLS with the CA verified (`redfish` driver); both BMCs front `kiln vnode`,
+//! which runs the same VM the qemu driver would (tests/common/bmc.rs). The BMC
+//! run deploys with `direct` for every role (fixtures/deploy/e2e/plan-direct.yaml:
+//! a VM behind a BMC has no iSCSI portal the conductor maps) and leaves out the
+//! config update phase to save CI time; the runs take turns (TCG VMs share 2
+//! cores).
 
 #[path = "common/bmc.rs"]
 mod bmc;
@@ -649,10 +650,9 @@ fn built_images() -> &'static BuiltImages {
 enum Driver {
     /// The conductor runs the VMs itself.
     Qemu,
-    /// An ipmi_sim per node fronts the node's `kiln vnode`.
-    Ipmi,
-    /// One sushy-emulator fronts every node's `kiln vnode`.
-    Redfish,
+    /// node-big: `ipmi` through an ipmi_sim; node-small: `redfish` through a
+    /// sushy-emulator. Each BMC fronts its node's `kiln vnode`.
+    IpmiAndRedfish,
 }
 
 impl Driver {
@@ -660,7 +660,7 @@ impl Driver {
     fn vm_dir(self, work: &Path) -> PathBuf {
         match self {
             Driver::Qemu => work.join("qemu-nodes"),
-            Driver::Ipmi | Driver::Redfish => work.join("vnodes"),
+            Driver::IpmiAndRedfish => work.join("vnodes"),
         }
     }
 
@@ -672,7 +672,7 @@ impl Driver {
     fn plan(self) -> &'static str {
         match self {
             Driver::Qemu => PLAN,
-            Driver::Ipmi | Driver::Redfish => PLAN_DIRECT,
+            Driver::IpmiAndRedfish => PLAN_DIRECT,
         }
     }
 }
@@ -686,13 +686,8 @@ fn two_qemu_nodes_inspect_deploy_and_boot_from_disk() {
 }
 
 #[test]
-fn two_ipmi_nodes_behind_ipmi_sim_inspect_deploy_and_boot_from_disk() {
-    deploy_scenario(Driver::Ipmi);
-}
-
-#[test]
-fn two_redfish_nodes_behind_sushy_emulator_inspect_deploy_and_boot_from_disk() {
-    deploy_scenario(Driver::Redfish);
+fn an_ipmi_node_and_a_redfish_node_behind_emulated_bmcs_inspect_deploy_and_boot_from_disk() {
+    deploy_scenario(Driver::IpmiAndRedfish);
 }
 
 /// The BMC emulators of a run, held until it ends (dropping one stops it).
@@ -719,7 +714,7 @@ fn vnode_definition(
         memory_mb: n.memory_mb as u32,
         cpus: 1,
         firmware: Firmware::Uefi,
-        state_dir: Driver::Ipmi.vm_dir(work),
+        state_dir: Driver::IpmiAndRedfish.vm_dir(work),
         deploy_kernel: ramdisk.join("deploy.kernel"),
         deploy_initramfs: ramdisk.join("deploy.initramfs"),
         kernel_append: format!("console=ttyS0,115200 ipa-api-url=http://{CONDUCTOR_GUEST_ADDR}"),
@@ -756,62 +751,36 @@ fn enroll(
                 .collect();
             (nodes, Bmcs::default())
         }
-        Driver::Ipmi => {
-            let mut bmcs = Vec::new();
-            let nodes = NODES
-                .iter()
-                .map(|n| {
-                    let dir = work.join(format!("{}.bmc", n.name));
-                    let bmc = bmc::IpmiBmc::start(&dir, &bmc::vnode_chassis_control(&vnode(n)));
-                    let entry = json!({
-                        "name": n.name, "pm_type": "ipmi", "pm_addr": "127.0.0.1",
-                        "pm_port": bmc.port, "pm_user": bmc::IPMI_USER,
-                        "pm_password": bmc::IPMI_PASSWORD,
-                        "ports": [{"address": n.mac}], "arch": "x86_64",
-                    });
-                    bmcs.push(bmc);
-                    entry
-                })
-                .collect();
+        Driver::IpmiAndRedfish => {
+            let [ipmi_node, redfish_node] = &NODES;
+            let dir = work.join(format!("{}.bmc", ipmi_node.name));
+            let ipmi = bmc::IpmiBmc::start(&dir, &bmc::vnode_chassis_control(&vnode(ipmi_node)));
+            let ipmi_entry = json!({
+                "name": ipmi_node.name, "pm_type": "ipmi", "pm_addr": "127.0.0.1",
+                "pm_port": ipmi.port, "pm_user": bmc::IPMI_USER,
+                "pm_password": bmc::IPMI_PASSWORD,
+                "ports": [{"address": ipmi_node.mac}], "arch": "x86_64",
+            });
+            let system = bmc::RedfishVnode {
+                uuid: "6b6b0000-0000-4000-8000-000000000001".into(),
+                name: redfish_node.name.to_string(),
+                mac: redfish_node.mac.to_string(),
+                definition: vnode(redfish_node),
+            };
+            let redfish =
+                bmc::RedfishBmc::start(&work.join("redfish-bmc"), std::slice::from_ref(&system));
+            let redfish_entry = json!({
+                "name": redfish_node.name, "pm_type": "redfish", "pm_addr": "127.0.0.1",
+                "pm_port": redfish.port, "pm_user": bmc::REDFISH_USER,
+                "pm_password": bmc::REDFISH_PASSWORD, "pm_system_id": system.uuid,
+                "redfish_verify_ca": redfish.ca,
+                "ports": [{"address": redfish_node.mac}], "arch": "x86_64",
+            });
             (
-                nodes,
+                vec![ipmi_entry, redfish_entry],
                 Bmcs {
-                    _ipmi: bmcs,
-                    _redfish: None,
-                },
-            )
-        }
-        Driver::Redfish => {
-            let vnodes: Vec<bmc::RedfishVnode> = NODES
-                .iter()
-                .enumerate()
-                .map(|(i, n)| bmc::RedfishVnode {
-                    uuid: format!("6b6b0000-0000-4000-8000-00000000000{i}"),
-                    name: n.name.to_string(),
-                    mac: n.mac.to_string(),
-                    definition: vnode(n),
-                })
-                .collect();
-            let dir = work.join("redfish-bmc");
-            let bmc = bmc::RedfishBmc::start(&dir, &vnodes);
-            let nodes = NODES
-                .iter()
-                .zip(&vnodes)
-                .map(|(n, v)| {
-                    json!({
-                        "name": n.name, "pm_type": "redfish", "pm_addr": "127.0.0.1",
-                        "pm_port": bmc.port, "pm_user": bmc::REDFISH_USER,
-                        "pm_password": bmc::REDFISH_PASSWORD, "pm_system_id": v.uuid,
-                        "redfish_verify_ca": bmc.ca,
-                        "ports": [{"address": n.mac}], "arch": "x86_64",
-                    })
-                })
-                .collect();
-            (
-                nodes,
-                Bmcs {
-                    _ipmi: Vec::new(),
-                    _redfish: Some(bmc),
+                    _ipmi: vec![ipmi],
+                    _redfish: Some(redfish),
                 },
             )
         }

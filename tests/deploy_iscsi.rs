@@ -13,18 +13,21 @@
 
 #[path = "common/conductor.rs"]
 mod common;
+#[path = "common/tgtd.rs"]
+mod tgtd;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
+use tgtd::Tgtd;
 
 const MIB: u64 = 1 << 20;
 const IQN_PREFIX: &str = "iqn.2026-11.org.kiln:";
@@ -210,107 +213,20 @@ fn several_iscsi_nodes_deploy_at_once() {
 
 // ---- a hand-played agent exporting through tgtd -------------------------
 
-/// A tgtd in the foreground on 127.0.0.1, with its own control port; killed
-/// and reaped on drop.
-struct Tgtd {
-    child: Child,
-    control: u16,
-    portal: SocketAddr,
-}
-
-impl Tgtd {
-    fn start() -> Tgtd {
-        if Command::new("tgtd").arg("--help").output().is_err() {
-            panic!("tgtd is missing: apt-get install tgt");
-        }
-        let portal = free_addr();
-        // Control ports are abstract unix sockets; derive one from the portal.
-        let control = portal.port() % 30000 + 1000;
-        let child = Command::new("tgtd")
-            .args(["-f", "--iscsi", &format!("portal={portal}")])
-            .args(["--control-port", &control.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tgtd (apt-get install tgt)");
-        let tgtd = Tgtd {
-            child,
-            control,
-            portal,
-        };
-        let started = Instant::now();
-        while TcpStream::connect(portal).is_err() {
-            assert!(started.elapsed() < WAIT, "tgtd never listened on {portal}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tgtd
+/// (Re-)exports `file` through `tgtd` as target 1 named `iqn`, for an
+/// initiator that proves `chap` and wants the target to prove `mutual`.
+fn export(tgtd: &Tgtd, iqn: &str, file: &Path, chap: &Value, mutual: &Value) {
+    tgtd.try_adm(&[
+        "--mode", "target", "--op", "delete", "--force", "--tid", "1",
+    ]);
+    for user in ["kiln-conductor", "kiln-agent"] {
+        tgtd.try_adm(&["--mode", "account", "--op", "delete", "--user", user]);
     }
-
-    fn adm(&self, args: &[&str]) {
-        run(Command::new("tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args));
+    let [user, mutual_user] = [chap, mutual].map(|account| account["user"].as_str().unwrap());
+    for (account, user) in [(chap, user), (mutual, mutual_user)] {
+        tgtd.add_account(user, account["secret"].as_str().unwrap());
     }
-
-    /// (Re-)exports `file` as target 1 named `iqn`, for an initiator that
-    /// proves `chap` and wants the target to prove `mutual`.
-    fn export(&self, iqn: &str, file: &Path, chap: &Value, mutual: &Value) {
-        let _ = Command::new("tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args([
-                "--mode", "target", "--op", "delete", "--force", "--tid", "1",
-            ])
-            .output();
-        for user in ["kiln-conductor", "kiln-agent"] {
-            let _ = Command::new("tgtadm")
-                .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-                .args(["--mode", "account", "--op", "delete", "--user", user])
-                .output();
-        }
-        self.adm(&["--mode", "target", "--op", "new", "--tid", "1", "-T", iqn]);
-        self.adm(&[
-            "--mode",
-            "logicalunit",
-            "--op",
-            "new",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            file.to_str().unwrap(),
-        ]);
-        self.adm(&[
-            "--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL",
-        ]);
-        for (account, outgoing) in [(chap, false), (mutual, true)] {
-            let user = account["user"].as_str().unwrap();
-            let password = account["secret"].as_str().unwrap();
-            self.adm(&[
-                "--mode",
-                "account",
-                "--op",
-                "new",
-                "--user",
-                user,
-                "--password",
-                password,
-            ]);
-            let mut bind = vec!["--mode", "account", "--op", "bind", "--tid", "1"];
-            bind.extend(["--user", user]);
-            if outgoing {
-                bind.push("--outgoing");
-            }
-            self.adm(&bind);
-        }
-    }
-}
-
-impl Drop for Tgtd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    tgtd.add_target(1, iqn, file, user, Some(mutual_user));
 }
 
 fn free_addr() -> SocketAddr {
@@ -489,7 +405,7 @@ fn a_target_refusing_the_chap_secret_fails_the_deploy_naming_node_and_portal() {
     let file = target_disk(dir.path(), "chap");
     let iqn = deploy.params["target_iqn"].as_str().unwrap();
     let wrong = json!({"user": "kiln-conductor", "secret": "NotTheSecret1234"});
-    tgtd.export(iqn, &file, &wrong, &deploy.params["mutual_chap"]);
+    export(&tgtd, iqn, &file, &wrong, &deploy.params["mutual_chap"]);
     let portal = tgtd.portal.to_string();
     let report = exporting(&portal, iqn, &file, 5 << 30);
     let node = heartbeat_until(&deploy, "chap", &report, "deploy failed");
@@ -581,7 +497,8 @@ fn a_connection_cut_mid_image_fails_the_deploy_and_leaves_the_first_mib_zero() {
     let tgtd = Tgtd::start();
     let file = target_disk(dir.path(), "cut");
     let iqn = deploy.params["target_iqn"].as_str().unwrap();
-    tgtd.export(
+    export(
+        &tgtd,
         iqn,
         &file,
         &deploy.params["chap"],
@@ -604,7 +521,8 @@ fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
     let tgtd = Tgtd::start();
     let file = target_disk(dir.path(), "restart");
     let iqn = deploy.params["target_iqn"].as_str().unwrap().to_string();
-    tgtd.export(
+    export(
+        &tgtd,
         &iqn,
         &file,
         &deploy.params["chap"],
@@ -636,7 +554,7 @@ fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
     let command = agent.heartbeat(stopped);
     assert_eq!(command["name"], "export_disk", "{command}");
     let params = &command["params"];
-    tgtd.export(&iqn, &file, &params["chap"], &params["mutual_chap"]);
+    export(&tgtd, &iqn, &file, &params["chap"], &params["mutual_chap"]);
     let started = Instant::now();
     let mut report = report;
     loop {
@@ -663,7 +581,8 @@ fn a_deploy_failed_during_the_iscsi_write_stops_the_writer() {
     let tgtd = Tgtd::start();
     let file = target_disk(dir.path(), "gone");
     let iqn = deploy.params["target_iqn"].as_str().unwrap().to_string();
-    tgtd.export(
+    export(
+        &tgtd,
         &iqn,
         &file,
         &deploy.params["chap"],

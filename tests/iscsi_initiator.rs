@@ -1,14 +1,17 @@
 //! kiln's iSCSI initiator against tgt (tgtd with file backing stores), an
 //! independent target; qemu-img compare is the oracle for what lands on disk.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+#[path = "common/tgtd.rs"]
+mod tgtd;
 
 use kiln::deploy::protocol::ChapSecret;
 use kiln::iscsi::initiator::{InitiatorError, LoginOptions, Session, discover, write_image};
+use tgtd::Tgtd;
 
 const MIB: u64 = 1 << 20;
 const INITIATOR: &str = "iqn.2026-11.org.kiln:test-conductor";
@@ -28,129 +31,17 @@ fn need(program: &str, package: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A tgtd with the two accounts every test here uses.
+fn start_tgtd() -> Tgtd {
+    let tgtd = Tgtd::start();
+    tgtd.add_account(USER, SECRET);
+    tgtd.add_account(MUTUAL_USER, MUTUAL_SECRET);
+    tgtd
 }
 
-/// A tgtd of our own on a free loopback port, killed and reaped on drop.
-struct Tgtd {
-    child: Child,
-    control: u16,
-    portal: SocketAddr,
-}
-
-impl Tgtd {
-    fn start() -> Tgtd {
-        need("tgtd", "tgt");
-        need("tgtadm", "tgt");
-        let port = free_port();
-        // tgtd takes control ports below 32768; the portal port is unique, so is this.
-        let control = 1000 + port % 30000;
-        let child = Command::new("tgtd")
-            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}")])
-            .args(["--control-port", &control.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tgtd (package tgt)");
-        let tgtd = Tgtd {
-            child,
-            control,
-            portal: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !tgtd.try_adm(&["--mode", "target", "--op", "show"]) {
-            assert!(Instant::now() < deadline, "tgtd did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for (user, secret) in [(USER, SECRET), (MUTUAL_USER, MUTUAL_SECRET)] {
-            tgtd.adm(&[
-                "--mode",
-                "account",
-                "--op",
-                "new",
-                "--user",
-                user,
-                "--password",
-                secret,
-            ]);
-        }
-        tgtd
-    }
-
-    fn try_adm(&self, args: &[&str]) -> bool {
-        Command::new("tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .stderr(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
-    fn adm(&self, args: &[&str]) {
-        let out = Command::new("tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .output()
-            .expect("tgtadm (package tgt)");
-        assert!(
-            out.status.success(),
-            "tgtadm {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Target `tid` named `iqn` with LUN 1 backed by `file`, CHAP required.
-    fn add_target(&self, tid: u32, iqn: &str, file: &Path, mutual: bool) {
-        let tid = tid.to_string();
-        self.adm(&["--mode", "target", "--op", "new", "--tid", &tid, "-T", iqn]);
-        self.adm(&[
-            "--mode",
-            "logicalunit",
-            "--op",
-            "new",
-            "--tid",
-            &tid,
-            "--lun",
-            "1",
-            "--backing-store",
-            file.to_str().unwrap(),
-            "--bstype",
-            "rdwr",
-        ]);
-        self.adm(&[
-            "--mode", "account", "--op", "bind", "--tid", &tid, "--user", USER,
-        ]);
-        if mutual {
-            self.adm(&[
-                "--mode",
-                "account",
-                "--op",
-                "bind",
-                "--tid",
-                &tid,
-                "--user",
-                MUTUAL_USER,
-                "--outgoing",
-            ]);
-        }
-        self.adm(&[
-            "--mode", "target", "--op", "bind", "--tid", &tid, "-I", "ALL",
-        ]);
-    }
-}
-
-impl Drop for Tgtd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Target `tid` named `iqn` with LUN 1 backed by `file`, CHAP required.
+fn add_target(tgtd: &Tgtd, tid: u32, iqn: &str, file: &Path, mutual: bool) {
+    tgtd.add_target(tid, iqn, file, USER, mutual.then_some(MUTUAL_USER));
 }
 
 fn options(target: &str) -> LoginOptions {
@@ -262,11 +153,11 @@ fn assert_identical(image: &Path, disk: &Path) {
 #[test]
 fn discovery_lists_every_target_of_the_portal() {
     let dir = tempfile::tempdir().unwrap();
-    let tgtd = Tgtd::start();
+    let tgtd = start_tgtd();
     for (tid, name) in [(1, "iqn.2026-11.org.kiln:a"), (2, "iqn.2026-11.org.kiln:b")] {
         let file = dir.path().join(format!("{tid}.img"));
         used_disk(&file, 4 * MIB, tid.into());
-        tgtd.add_target(tid, name, &file, false);
+        add_target(&tgtd, tid, name, &file, false);
     }
     let chap = ChapSecret {
         user: USER.into(),
@@ -288,10 +179,10 @@ fn discovery_lists_every_target_of_the_portal() {
 #[test]
 fn a_wrong_secret_is_an_authentication_error() {
     let dir = tempfile::tempdir().unwrap();
-    let tgtd = Tgtd::start();
+    let tgtd = start_tgtd();
     let file = dir.path().join("lun.img");
     used_disk(&file, 4 * MIB, 7);
-    tgtd.add_target(1, "iqn.2026-11.org.kiln:auth", &file, false);
+    add_target(&tgtd, 1, "iqn.2026-11.org.kiln:auth", &file, false);
     let mut opts = options("iqn.2026-11.org.kiln:auth");
     opts.chap.secret = "not-the-secret-at-all".into();
     let err = Session::login(tgtd.portal, &opts)
@@ -312,10 +203,10 @@ fn a_wrong_secret_is_an_authentication_error() {
 #[test]
 fn mutual_chap_accepts_the_real_target_and_refuses_an_impostor() {
     let dir = tempfile::tempdir().unwrap();
-    let tgtd = Tgtd::start();
+    let tgtd = start_tgtd();
     let file = dir.path().join("lun.img");
     used_disk(&file, 4 * MIB, 8);
-    tgtd.add_target(1, "iqn.2026-11.org.kiln:mutual", &file, true);
+    add_target(&tgtd, 1, "iqn.2026-11.org.kiln:mutual", &file, true);
     let mut opts = options("iqn.2026-11.org.kiln:mutual");
     opts.mutual_chap = Some(ChapSecret {
         user: MUTUAL_USER.into(),
@@ -340,10 +231,10 @@ fn mutual_chap_accepts_the_real_target_and_refuses_an_impostor() {
 #[test]
 fn read_at_returns_the_backing_file_and_capacity_its_size() {
     let dir = tempfile::tempdir().unwrap();
-    let tgtd = Tgtd::start();
+    let tgtd = start_tgtd();
     let file = dir.path().join("lun.img");
     used_disk(&file, 6 * MIB, 9);
-    tgtd.add_target(1, "iqn.2026-11.org.kiln:read", &file, false);
+    add_target(&tgtd, 1, "iqn.2026-11.org.kiln:read", &file, false);
     let session = Session::login(tgtd.portal, &options("iqn.2026-11.org.kiln:read")).unwrap();
     let (bs, blocks) = session.capacity();
     assert_eq!(u64::from(bs) * blocks, 6 * MIB);
@@ -365,12 +256,12 @@ fn write_image_of_a_zstd_qcow2_and_of_a_raw_image_lands_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let raw = raw_image(dir.path());
     let qcow2 = qcow2_image(dir.path(), &raw);
-    let tgtd = Tgtd::start();
+    let tgtd = start_tgtd();
     for (tid, image) in [(1, &qcow2), (2, &raw)] {
         let file = dir.path().join(format!("lun{tid}.img"));
         used_disk(&file, 40 * MIB, tid.into());
         let iqn = format!("iqn.2026-11.org.kiln:write{tid}");
-        tgtd.add_target(tid, &iqn, &file, false);
+        add_target(&tgtd, tid, &iqn, &file, false);
         let session = Session::login(tgtd.portal, &options(&iqn)).unwrap();
         let report = write_image(&session, image, false, &|_, _| {}).unwrap();
         assert_eq!(report.virtual_size, 40 * MIB);
@@ -388,12 +279,13 @@ fn two_sessions_write_two_targets_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let raw = raw_image(dir.path());
     let qcow2 = qcow2_image(dir.path(), &raw);
-    let tgtd = Tgtd::start();
+    let tgtd = start_tgtd();
     let files: Vec<PathBuf> = (1..=2)
         .map(|tid| {
             let file = dir.path().join(format!("node{tid}.img"));
             used_disk(&file, 48 * MIB, 10 + tid);
-            tgtd.add_target(
+            add_target(
+                &tgtd,
                 tid as u32,
                 &format!("iqn.2026-11.org.kiln:node{tid}"),
                 &file,

@@ -514,12 +514,20 @@ fn a_connection_cut_mid_image_fails_the_deploy_and_leaves_the_first_mib_zero() {
     assert!(head_is_zero(&file), "a cut write left a partition table");
 }
 
-#[test]
-fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let deploy = hand_deploy(dir.path(), "restart", "52:54:00:00:87:01", 96);
+/// A write through tgtd behind a relay paced at 16 MiB/s (a 96 MiB image takes
+/// about 6 s), heartbeated until 8 MiB went through: certainly under way.
+struct PacedWrite {
+    _tgtd: Tgtd,
+    relay: Relay,
+    file: PathBuf,
+    iqn: String,
+    /// export_disk's running report naming the relay as the portal.
+    report: Value,
+}
+
+fn paced_write_under_way(dir: &Path, deploy: &HandDeploy, name: &str) -> PacedWrite {
     let tgtd = Tgtd::start();
-    let file = target_disk(dir.path(), "restart");
+    let file = target_disk(dir, name);
     let iqn = deploy.params["target_iqn"].as_str().unwrap().to_string();
     export(
         &tgtd,
@@ -528,10 +536,34 @@ fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
         &deploy.params["chap"],
         &deploy.params["mutual_chap"],
     );
-    // Paced so that the write is certainly under way when the conductor dies.
     let relay = Relay::start(tgtd.portal, 16 * MIB, None);
-    let portal = relay.addr.to_string();
-    let report = exporting(&portal, &iqn, &file, 5 << 30);
+    let report = exporting(&relay.addr.to_string(), &iqn, &file, 5 << 30);
+    let started = Instant::now();
+    while relay.relayed.load(Ordering::SeqCst) < 8 * MIB {
+        assert!(started.elapsed() < WAIT, "the write never started");
+        assert_eq!(deploy.agent.heartbeat(report.clone()), Value::Null);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    PacedWrite {
+        _tgtd: tgtd,
+        relay,
+        file,
+        iqn,
+        report,
+    }
+}
+
+#[test]
+fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = hand_deploy(dir.path(), "restart", "52:54:00:00:87:01", 96);
+    let PacedWrite {
+        _tgtd: tgtd,
+        file,
+        iqn,
+        report,
+        ..
+    } = paced_write_under_way(dir.path(), &deploy, "restart");
     let HandDeploy {
         conductor,
         agent,
@@ -539,12 +571,6 @@ fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
         ..
     } = deploy;
     let port = conductor.port();
-    let started = Instant::now();
-    while relay.relayed.load(Ordering::SeqCst) < 8 * MIB {
-        assert!(started.elapsed() < WAIT, "the write never started");
-        assert_eq!(agent.heartbeat(report.clone()), Value::Null);
-        std::thread::sleep(Duration::from_millis(200));
-    }
     drop(conductor);
     let conductor = Conductor::start(dir.path(), &format!("127.0.0.1:{port}"), &[]);
     // The restarted conductor does not know the secrets: stop, then export anew.
@@ -578,25 +604,7 @@ fn a_conductor_killed_mid_write_stops_the_export_and_writes_again() {
 fn a_deploy_failed_during_the_iscsi_write_stops_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let deploy = hand_deploy(dir.path(), "gone", "52:54:00:00:88:01", 96);
-    let tgtd = Tgtd::start();
-    let file = target_disk(dir.path(), "gone");
-    let iqn = deploy.params["target_iqn"].as_str().unwrap().to_string();
-    export(
-        &tgtd,
-        &iqn,
-        &file,
-        &deploy.params["chap"],
-        &deploy.params["mutual_chap"],
-    );
-    // Paced: the whole image would take about 6 s to go through.
-    let relay = Relay::start(tgtd.portal, 16 * MIB, None);
-    let report = exporting(&relay.addr.to_string(), &iqn, &file, 5 << 30);
-    let started = Instant::now();
-    while relay.relayed.load(Ordering::SeqCst) < 8 * MIB {
-        assert!(started.elapsed() < WAIT, "the write never started");
-        deploy.agent.heartbeat(report.clone());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let write = paced_write_under_way(dir.path(), &deploy, "gone");
     // The agent loses its disk: its export fails and so does the deploy.
     let failed = json!({"id": "export_disk", "status": "failed", "error": "disk vanished"});
     let node = heartbeat_until(&deploy, "gone", &failed, "deploy failed");
@@ -610,10 +618,13 @@ fn a_deploy_failed_during_the_iscsi_write_stops_the_writer() {
     // Longer than the rest of the image needs at the relay's pace: a writer
     // that ignored the failure would have pushed it all through by then.
     std::thread::sleep(Duration::from_secs(10));
-    let relayed = relay.relayed.load(Ordering::SeqCst);
+    let relayed = write.relay.relayed.load(Ordering::SeqCst);
     assert!(
         relayed < 64 * MIB,
         "{relayed} bytes reached the target after the deploy failed"
     );
-    assert!(head_is_zero(&file), "a failed write left a partition table");
+    assert!(
+        head_is_zero(&write.file),
+        "a failed write left a partition table"
+    );
 }
